@@ -1,0 +1,116 @@
+"""What the sans-I/O Chord peer asks its runtime to do, and what it reports.
+
+The peer (``overlay.chord.ChordPeer``) never touches a socket or a clock. Each
+call into it (``receive``, ``tick``, ``link_failed``, commands) takes ``now``
+(seconds, monotonic) and queues outputs; the runtime drains them with
+``take_actions()`` and asks ``next_deadline()`` when to call ``tick`` next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from overlay.messages import Message, MessageBody
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A peer's overlay listening address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``message`` one hop, to ``next_hop``.
+
+    The runtime uses an open link to ``next_hop`` if it has one (either
+    direction: the sender of an inbound message is its last via entry), else
+    connects to ``address``. With neither (or when the link breaks) it calls
+    ``ChordPeer.link_failed(next_hop, address, now)``. ``next_hop`` is None
+    only before we know the peer's id (the bootstrap address).
+    """
+
+    next_hop: int | None
+    address: Address | None
+    message: Message
+
+
+class PeerState(Enum):
+    INIT = "init"
+    JOINING = "joining"
+    JOINED = "joined"
+    LEAVING = "leaving"
+    LEFT = "left"
+
+
+# --- events: things the node above the overlay may want to know -------------
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    state: PeerState
+
+
+@dataclass(frozen=True, slots=True)
+class NeighborsChanged:
+    predecessors: tuple[int, ...]
+    successors: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AppRequest:
+    """A request for the application (Store, Fetch, Stat, AppAttach…) delivered to this peer.
+
+    Answer it with ``ChordPeer.respond(request, body, now)``.
+    """
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCompleted:
+    """The answer to a request this peer originated with ``ChordPeer.request``."""
+
+    transaction_id: int
+    response: Message
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    """A request this peer originated got no answer in its lifetime or could not be routed."""
+
+    transaction_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A message we could not handle (bad destination, TTL, unknown peer). For logs and metrics."""
+
+    reason: str
+    message: Message | None = None
+
+
+Event = StateChanged | NeighborsChanged | AppRequest | RequestCompleted | RequestFailed | Dropped
+Action = Send | Event
+
+__all__ = [
+    "Action",
+    "Address",
+    "AppRequest",
+    "Dropped",
+    "Event",
+    "MessageBody",
+    "NeighborsChanged",
+    "PeerState",
+    "RequestCompleted",
+    "RequestFailed",
+    "Send",
+    "StateChanged",
+]

@@ -1,0 +1,1 @@
+"""LMDB storage of overlay records (filled in by the storage issue)."""
