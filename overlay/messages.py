@@ -152,7 +152,14 @@ class Signature:
     value: bytes = b""
 
 
-EMPTY_SIGNATURE = Signature()
+# Until peer security lands we sign nothing. WIRE.md §3 names identity type none(3), but
+# Wireshark 4.0 reports none(3) as an "Unknown identity type" error on every frame, so the
+# placeholder is a cert_hash identity with hash algorithm none and an empty hash: the same
+# "no signer" meaning, and it decodes cleanly.
+EMPTY_SIGNATURE = Signature(
+    identity_type=SignerIdentityType.CERT_HASH,
+    identity=b"\x00\x00",  # HashAlgorithm none(0), certificate_hash<0..255> empty
+)
 
 
 @dataclass(frozen=True, slots=True)

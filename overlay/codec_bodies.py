@@ -1,0 +1,502 @@
+"""RELOAD message bodies (RFC 6940 §6.4, §7.4, §10; WIRE.md §4-§5): encoders and decoders.
+``overlay.codec`` is the public face; import from there."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from overlay.codec_base import (
+    U16,
+    U32,
+    CodecError,
+    Reader,
+    boolean,
+    encode_destination,
+    encode_signature,
+    id_bytes,
+    id_list,
+    opaque,
+    read_destination,
+    read_signature,
+    reader_for,
+    resource_bytes,
+)
+from overlay.messages import (
+    AttachAns,
+    AttachReq,
+    CandType,
+    ChordUpdateType,
+    ErrorResponse,
+    FetchAns,
+    FetchKindResponse,
+    FetchReq,
+    IceCandidate,
+    IceExtension,
+    IpAddressPort,
+    JoinAns,
+    JoinReq,
+    LeaveAns,
+    LeaveReq,
+    MessageBody,
+    MessageCode,
+    PingAns,
+    PingReq,
+    ProbeAns,
+    ProbeInformation,
+    ProbeReq,
+    RawBody,
+    RouteQueryAns,
+    RouteQueryReq,
+    StoreAns,
+    StoredData,
+    StoredDataSpecifier,
+    StoreKindData,
+    StoreKindResponse,
+    StoreReq,
+    UpdateAns,
+    UpdateReq,
+)
+
+_STORED_HEAD: Final = struct.Struct("!IQI")  # length, storage_time, lifetime
+_KIND_GEN: Final = struct.Struct("!IQ")
+_PING_ANS: Final = struct.Struct("!QQ")
+_UPDATE_HEAD: Final = struct.Struct("!IB")
+_CAND_MID: Final = struct.Struct("!IB")  # priority, type
+_IP4: Final = struct.Struct("!BB4sH")
+_IP6: Final = struct.Struct("!BB16sH")
+_ERROR_HEAD: Final = struct.Struct("!H")
+
+
+# --- bodies: encoders --------------------------------------------------------------------
+
+
+def _enc_probe_req(b: ProbeReq) -> bytes:
+    return opaque(bytes(b.requested_info), 1, "ProbeReq requested_info")
+
+
+def _enc_probe_info(p: ProbeInformation) -> bytes:
+    if 1 <= p.type <= 3:
+        if not isinstance(p.value, int):
+            raise CodecError(f"probe information type {p.type}: value must be a uint32")
+        return bytes((p.type, 4)) + U32.pack(p.value)
+    if not isinstance(p.value, bytes | bytearray):
+        raise CodecError(f"probe information type {p.type}: value must be bytes")
+    return bytes((p.type,)) + opaque(p.value, 1, f"probe information type {p.type}")
+
+
+def _enc_probe_ans(b: ProbeAns) -> bytes:
+    return opaque(b"".join([_enc_probe_info(p) for p in b.probe_info]), 2, "ProbeAns")
+
+
+def _enc_addr(a: IpAddressPort, what: str) -> bytes:
+    try:
+        ip = ipaddress.ip_address(a.host)
+    except ValueError:
+        raise CodecError(f"{what}: {a.host!r} is not an IP address") from None
+    if ip.version == 4:
+        return _IP4.pack(1, 6, ip.packed, a.port)
+    return _IP6.pack(2, 18, ip.packed, a.port)
+
+
+def _enc_candidate(c: IceCandidate) -> bytes:
+    parts = [
+        _enc_addr(c.addr_port, "candidate address"),
+        bytes((c.overlay_link,)),
+        opaque(c.foundation, 1, "candidate foundation"),
+        _CAND_MID.pack(c.priority, c.type),
+    ]
+    if c.type == CandType.HOST:
+        if c.rel_addr_port is not None:
+            raise CodecError("host candidate: must not carry rel_addr_port")
+    elif c.rel_addr_port is None:
+        raise CodecError(f"candidate type {c.type}: needs rel_addr_port")
+    else:
+        parts.append(_enc_addr(c.rel_addr_port, "candidate rel_addr_port"))
+    ext = b"".join(
+        [
+            opaque(e.name, 2, "ICE extension name") + opaque(e.value, 2, "ICE extension value")
+            for e in c.extensions
+        ]
+    )
+    parts.append(opaque(ext, 2, "ICE extensions"))
+    return b"".join(parts)
+
+
+def _enc_attach(b: AttachReq | AttachAns) -> bytes:
+    cands = b"".join([_enc_candidate(c) for c in b.candidates])
+    return b"".join(
+        [
+            opaque(b.ufrag, 1, "attach ufrag"),
+            opaque(b.password, 1, "attach password"),
+            opaque(b.role, 1, "attach role"),
+            opaque(cands, 2, "attach candidates"),
+            boolean(b.send_update),
+        ]
+    )
+
+
+def _enc_stored(s: StoredData) -> bytes:
+    rest = b"".join(
+        [
+            opaque(s.key, 2, "dictionary key"),
+            boolean(s.exists),
+            opaque(s.value, 4, "data value"),
+            encode_signature(s.signature),
+        ]
+    )
+    return _STORED_HEAD.pack(12 + len(rest), s.storage_time, s.lifetime) + rest
+
+
+def _enc_stored_list(values: Iterable[StoredData]) -> bytes:
+    return opaque(b"".join([_enc_stored(s) for s in values]), 4, "stored data values")
+
+
+def _enc_store_req(b: StoreReq) -> bytes:
+    kinds = b"".join(
+        [
+            _KIND_GEN.pack(k.kind, k.generation_counter) + _enc_stored_list(k.values)
+            for k in b.kind_data
+        ]
+    )
+    return b"".join(
+        [
+            resource_bytes(b.resource, "StoreReq resource"),
+            bytes((b.replica_number,)),
+            opaque(kinds, 4, "StoreReq kind_data"),
+        ]
+    )
+
+
+def _enc_store_ans(b: StoreAns) -> bytes:
+    resp = b"".join(
+        [
+            _KIND_GEN.pack(k.kind, k.generation_counter) + id_list(k.replicas, "replicas")
+            for k in b.kind_responses
+        ]
+    )
+    return opaque(resp, 2, "StoreAns kind_responses")
+
+
+def _enc_specifier(s: StoredDataSpecifier) -> bytes:
+    keys = b"".join([opaque(k, 2, "dictionary key") for k in s.keys])
+    model = opaque(keys, 2, "specifier keys")
+    return _KIND_GEN.pack(s.kind, s.generation) + opaque(model, 2, "specifier")
+
+
+def _enc_fetch_req(b: FetchReq) -> bytes:
+    specs = b"".join([_enc_specifier(s) for s in b.specifiers])
+    return resource_bytes(b.resource, "FetchReq resource") + opaque(specs, 2, "FetchReq specifiers")
+
+
+def _enc_fetch_ans(b: FetchAns) -> bytes:
+    resp = b"".join(
+        [
+            _KIND_GEN.pack(k.kind, k.generation) + _enc_stored_list(k.values)
+            for k in b.kind_responses
+        ]
+    )
+    return opaque(resp, 4, "FetchAns kind_responses")
+
+
+def _enc_join_req(b: JoinReq) -> bytes:
+    return id_bytes(b.joining_peer_id, "JoinReq joining_peer_id") + opaque(
+        b.overlay_specific, 2, "JoinReq overlay_specific"
+    )
+
+
+def _enc_leave_req(b: LeaveReq) -> bytes:
+    data = bytes((b.leave_type,)) + id_list(b.node_ids, "LeaveReq node ids")
+    return id_bytes(b.leaving_peer_id, "LeaveReq leaving_peer_id") + opaque(
+        data, 2, "LeaveReq data"
+    )
+
+
+def _enc_update_req(b: UpdateReq) -> bytes:
+    head = _UPDATE_HEAD.pack(b.uptime, b.update_type)
+    if b.update_type == ChordUpdateType.PEER_READY:
+        if b.predecessors or b.successors or b.fingers:
+            raise CodecError("UpdateReq peer_ready: carries no node ids")
+        return head
+    lists = id_list(b.predecessors, "predecessors") + id_list(b.successors, "successors")
+    if b.update_type == ChordUpdateType.NEIGHBORS:
+        if b.fingers:
+            raise CodecError("UpdateReq neighbors: carries no fingers")
+        return head + lists
+    if b.update_type == ChordUpdateType.FULL:
+        return head + lists + id_list(b.fingers, "fingers")
+    raise CodecError(f"UpdateReq: unknown update type {b.update_type}")
+
+
+def _enc_route_query_req(b: RouteQueryReq) -> bytes:
+    return (
+        boolean(b.send_update)
+        + encode_destination(b.destination)
+        + opaque(b.overlay_specific, 2, "RouteQueryReq overlay_specific")
+    )
+
+
+_ENCODERS: Final[dict[type[Any], Callable[[Any], bytes]]] = {
+    ProbeReq: _enc_probe_req,
+    ProbeAns: _enc_probe_ans,
+    AttachReq: _enc_attach,
+    AttachAns: _enc_attach,
+    StoreReq: _enc_store_req,
+    StoreAns: _enc_store_ans,
+    FetchReq: _enc_fetch_req,
+    FetchAns: _enc_fetch_ans,
+    JoinReq: _enc_join_req,
+    JoinAns: lambda b: opaque(b.overlay_specific, 2, "JoinAns overlay_specific"),
+    LeaveReq: _enc_leave_req,
+    LeaveAns: lambda b: b"",
+    UpdateReq: _enc_update_req,
+    UpdateAns: lambda b: b"",
+    RouteQueryReq: _enc_route_query_req,
+    RouteQueryAns: lambda b: id_bytes(b.next_peer, "RouteQueryAns next_peer"),
+    PingReq: lambda b: opaque(b.padding, 2, "PingReq padding"),
+    PingAns: lambda b: _PING_ANS.pack(b.response_id, b.time),
+    ErrorResponse: lambda b: _ERROR_HEAD.pack(b.error_code) + opaque(b.info, 2, "error info"),
+}
+
+
+def encode_body(body: MessageBody) -> tuple[int, bytes]:
+    """(message_code, body bytes)."""
+    if isinstance(body, RawBody):
+        if not 0 <= body.code <= 0xFFFF:
+            raise CodecError(f"raw body: message code {body.code} is not a uint16")
+        return body.code, bytes(body.data)
+    encoder = _ENCODERS.get(type(body))
+    if encoder is None:
+        raise CodecError(f"not a message body: {body!r}")
+    try:
+        return int(body.CODE), encoder(body)
+    except (struct.error, OverflowError, ValueError, TypeError) as exc:
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"{type(body).__name__}: cannot encode: {exc}") from None
+
+
+# --- bodies: decoders --------------------------------------------------------------------
+
+
+def _dec_probe_req(r: Reader, code: int) -> ProbeReq:
+    return ProbeReq(tuple(r.opaque(1, "requested_info")))
+
+
+def _dec_probe_ans(r: Reader, code: int) -> ProbeAns:
+    lst = r.sub(2, "probe_info")
+    out = []
+    while lst.more:
+        ptype = lst.u8("probe information type")
+        value = lst.opaque(1, f"probe information {ptype}")
+        if 1 <= ptype <= 3:
+            if len(value) != 4:
+                raise CodecError(f"{lst.where}: probe information {ptype} is not 4 bytes")
+            out.append(ProbeInformation(ptype, int.from_bytes(value, "big")))
+        else:
+            out.append(ProbeInformation(ptype, value))
+    return ProbeAns(tuple(out))
+
+
+def _dec_addr(r: Reader, what: str) -> IpAddressPort:
+    pos = r.take(2, what)
+    atype, n = r.buf[pos], r.buf[pos + 1]
+    if atype == 1 and n == 6:
+        pos = r.take(6, f"{what} IPv4")
+        host = str(ipaddress.IPv4Address(r.buf[pos : pos + 4].tobytes()))
+    elif atype == 2 and n == 18:
+        pos = r.take(18, f"{what} IPv6")
+        host = str(ipaddress.IPv6Address(r.buf[pos : pos + 16].tobytes()))
+    else:
+        raise CodecError(f"{r.where}: {what} has address type {atype} with length {n}")
+    port: int = U16.unpack_from(r.buf, pos + n - 2)[0]
+    return IpAddressPort(host, port)
+
+
+def _dec_candidate(r: Reader) -> IceCandidate:
+    addr = _dec_addr(r, "candidate address")
+    link = r.u8("overlay_link")
+    foundation = r.opaque(1, "foundation")
+    pos = r.take(_CAND_MID.size, "priority and type")
+    priority, ctype = _CAND_MID.unpack_from(r.buf, pos)
+    rel = None if ctype == CandType.HOST else _dec_addr(r, "rel_addr_port")
+    lst = r.sub(2, "ICE extensions")
+    ext = []
+    while lst.more:
+        ext.append(IceExtension(lst.opaque(2, "extension name"), lst.opaque(2, "extension value")))
+    return IceCandidate(addr, link, foundation, priority, ctype, rel, tuple(ext))
+
+
+def _dec_attach(r: Reader, code: int) -> AttachReq | AttachAns:
+    ufrag = r.opaque(1, "ufrag")
+    password = r.opaque(1, "password")
+    role = r.opaque(1, "role")
+    lst = r.sub(2, "candidates")
+    cands = []
+    while lst.more:
+        cands.append(_dec_candidate(lst))
+    send_update = r.boolean("send_update")
+    cls = AttachReq if code == MessageCode.ATTACH_REQ else AttachAns
+    return cls(ufrag, password, role, tuple(cands), send_update)
+
+
+def _dec_stored(r: Reader) -> StoredData:
+    s = r.sub(4, "stored data")
+    storage_time = s.u64("storage_time")
+    lifetime = s.u32("lifetime")
+    key = s.opaque(2, "dictionary key")
+    exists = s.boolean("exists")
+    value = s.opaque(4, "data value")
+    signature = read_signature(s)
+    s.done()
+    return StoredData(storage_time, lifetime, key, value, exists, signature)
+
+
+def _dec_stored_list(r: Reader) -> tuple[StoredData, ...]:
+    lst = r.sub(4, "values")
+    out = []
+    while lst.more:
+        out.append(_dec_stored(lst))
+    return tuple(out)
+
+
+def _kind_gen(r: Reader) -> tuple[int, int]:
+    pos = r.take(_KIND_GEN.size, "kind and generation")
+    kind, gen = _KIND_GEN.unpack_from(r.buf, pos)
+    return kind, gen
+
+
+def _dec_store_req(r: Reader, code: int) -> StoreReq:
+    resource = r.resource_id("resource")
+    replica = r.u8("replica_number")
+    lst = r.sub(4, "kind_data")
+    kinds = []
+    while lst.more:
+        kind, gen = _kind_gen(lst)
+        kinds.append(StoreKindData(kind, gen, _dec_stored_list(lst)))
+    return StoreReq(resource, replica, tuple(kinds))
+
+
+def _dec_store_ans(r: Reader, code: int) -> StoreAns:
+    lst = r.sub(2, "kind_responses")
+    out = []
+    while lst.more:
+        kind, gen = _kind_gen(lst)
+        out.append(StoreKindResponse(kind, gen, lst.node_ids("replicas")))
+    return StoreAns(tuple(out))
+
+
+def _dec_fetch_req(r: Reader, code: int) -> FetchReq:
+    resource = r.resource_id("resource")
+    lst = r.sub(2, "specifiers")
+    out = []
+    while lst.more:
+        kind, gen = _kind_gen(lst)
+        model = lst.sub(2, "specifier")
+        keys_list = model.sub(2, "keys")
+        model.done()
+        keys = []
+        while keys_list.more:
+            keys.append(keys_list.opaque(2, "dictionary key"))
+        out.append(StoredDataSpecifier(kind, gen, tuple(keys)))
+    return FetchReq(resource, tuple(out))
+
+
+def _dec_fetch_ans(r: Reader, code: int) -> FetchAns:
+    lst = r.sub(4, "kind_responses")
+    out = []
+    while lst.more:
+        kind, gen = _kind_gen(lst)
+        out.append(FetchKindResponse(kind, gen, _dec_stored_list(lst)))
+    return FetchAns(tuple(out))
+
+
+def _dec_join_req(r: Reader, code: int) -> JoinReq:
+    return JoinReq(r.node_id("joining_peer_id"), r.opaque(2, "overlay_specific"))
+
+
+def _dec_leave_req(r: Reader, code: int) -> LeaveReq:
+    peer = r.node_id("leaving_peer_id")
+    data = r.sub(2, "leave data")
+    leave_type = data.u8("leave type")
+    if leave_type not in (1, 2):
+        raise CodecError(f"{data.where}: unknown leave type {leave_type}")
+    ids = data.node_ids("node ids")
+    data.done()
+    return LeaveReq(peer, leave_type, ids)
+
+
+def _dec_update_req(r: Reader, code: int) -> UpdateReq:
+    uptime = r.u32("uptime")
+    utype = r.u8("update type")
+    if utype == ChordUpdateType.PEER_READY:
+        return UpdateReq(uptime, utype)
+    if utype not in (ChordUpdateType.NEIGHBORS, ChordUpdateType.FULL):
+        raise CodecError(f"{r.where}: unknown update type {utype}")
+    preds = r.node_ids("predecessors")
+    succs = r.node_ids("successors")
+    fingers = r.node_ids("fingers") if utype == ChordUpdateType.FULL else ()
+    return UpdateReq(uptime, utype, preds, succs, fingers)
+
+
+def _dec_route_query_req(r: Reader, code: int) -> RouteQueryReq:
+    send_update = r.boolean("send_update")
+    dest = read_destination(r, "destination")
+    return RouteQueryReq(send_update, dest, r.opaque(2, "overlay_specific"))
+
+
+def _dec_ping_ans(r: Reader, code: int) -> PingAns:
+    pos = r.take(_PING_ANS.size, "response_id and time")
+    response_id, time = _PING_ANS.unpack_from(r.buf, pos)
+    return PingAns(response_id, time)
+
+
+def _dec_error(r: Reader, code: int) -> ErrorResponse:
+    return ErrorResponse(r.u16("error_code"), r.opaque(2, "error_info"))
+
+
+_DECODERS: Final[dict[int, Callable[[Reader, int], MessageBody]]] = {
+    MessageCode.PROBE_REQ: _dec_probe_req,
+    MessageCode.PROBE_ANS: _dec_probe_ans,
+    MessageCode.ATTACH_REQ: _dec_attach,
+    MessageCode.ATTACH_ANS: _dec_attach,
+    MessageCode.STORE_REQ: _dec_store_req,
+    MessageCode.STORE_ANS: _dec_store_ans,
+    MessageCode.FETCH_REQ: _dec_fetch_req,
+    MessageCode.FETCH_ANS: _dec_fetch_ans,
+    MessageCode.JOIN_REQ: _dec_join_req,
+    MessageCode.JOIN_ANS: lambda r, c: JoinAns(r.opaque(2, "overlay_specific")),
+    MessageCode.LEAVE_REQ: _dec_leave_req,
+    MessageCode.LEAVE_ANS: lambda r, c: LeaveAns(),
+    MessageCode.UPDATE_REQ: _dec_update_req,
+    MessageCode.UPDATE_ANS: lambda r, c: UpdateAns(),
+    MessageCode.ROUTE_QUERY_REQ: _dec_route_query_req,
+    MessageCode.ROUTE_QUERY_ANS: lambda r, c: RouteQueryAns(r.node_id("next_peer")),
+    MessageCode.PING_REQ: lambda r, c: PingReq(r.opaque(2, "padding")),
+    MessageCode.PING_ANS: _dec_ping_ans,
+    MessageCode.ERROR: _dec_error,
+}
+
+
+_BODY_WHERE: Final = {int(c): f"{c.name} body" for c in MessageCode}
+
+
+def body_where(code: int) -> str:
+    """How error messages name the body of a message with this code."""
+    return _BODY_WHERE.get(code) or f"code {code:#06x} body"
+
+
+def read_body(r: Reader, code: int) -> MessageBody:
+    decoder = _DECODERS.get(code)
+    if decoder is None:
+        return RawBody(code, r.buf[r.pos : r.end].tobytes())
+    body = decoder(r, code)
+    r.done()
+    return body
+
+
+def decode_body(code: int, data: bytes) -> MessageBody:
+    """The body of a message with ``code``; codes we do not model come back as ``RawBody``."""
+    return read_body(reader_for(data, body_where(code)), code)

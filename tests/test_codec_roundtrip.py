@@ -1,0 +1,345 @@
+"""Every message body round-trips through the codec, by example and by hypothesis."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+from codec_samples import N1, N2, bodies, header, messages
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlay.codec import (
+    CodecError,
+    decode_body,
+    decode_destination,
+    decode_header,
+    decode_message,
+    encode_body,
+    encode_destination,
+    encode_message,
+)
+from overlay.messages import (
+    AttachAns,
+    AttachReq,
+    CandType,
+    ChordUpdateType,
+    Destination,
+    ErrorResponse,
+    FetchAns,
+    FetchKindResponse,
+    FetchReq,
+    ForwardingHeader,
+    ForwardingOption,
+    GenericCertificate,
+    IceCandidate,
+    IceExtension,
+    IpAddressPort,
+    JoinAns,
+    JoinReq,
+    LeaveAns,
+    LeaveReq,
+    Message,
+    MessageBody,
+    MessageCode,
+    MessageExtension,
+    NodeDestination,
+    OpaqueDestination,
+    PingAns,
+    PingReq,
+    ProbeAns,
+    ProbeInformation,
+    ProbeReq,
+    RawBody,
+    ResourceDestination,
+    RouteQueryAns,
+    RouteQueryReq,
+    SecurityBlock,
+    Signature,
+    StoreAns,
+    StoredData,
+    StoredDataSpecifier,
+    StoreKindData,
+    StoreKindResponse,
+    StoreReq,
+    UpdateAns,
+    UpdateReq,
+)
+
+ALL_BODY_TYPES = set(typing.get_args(MessageBody))
+
+
+def test_samples_cover_every_body_type_and_variant() -> None:
+    samples = bodies()
+    assert {type(b) for b in samples} == ALL_BODY_TYPES
+    updates = {b.update_type for b in samples if isinstance(b, UpdateReq)}
+    assert updates == set(ChordUpdateType)
+    assert {b.leave_type for b in samples if isinstance(b, LeaveReq)} == {1, 2}
+    probe = next(b for b in samples if isinstance(b, ProbeAns))
+    assert {p.type for p in probe.probe_info} == {1, 2, 3, 4}
+    attach = next(b for b in samples if isinstance(b, AttachReq))
+    hosts = [c.addr_port.host for c in attach.candidates]
+    assert any(":" in h for h in hosts) and any("." in h for h in hosts)
+    assert any(c.type == CandType.SRFLX and c.rel_addr_port for c in attach.candidates)
+    store = next(b for b in samples if isinstance(b, StoreReq))
+    assert len(store.kind_data) >= 2 and len(store.kind_data[0].values) >= 2
+    assert any(not v.exists for k in store.kind_data for v in k.values)
+
+
+@pytest.mark.parametrize("msg", messages(rich=True), ids=lambda m: type(m.body).__name__)
+def test_message_roundtrip(msg: Message) -> None:
+    data = encode_message(msg)
+    assert decode_message(data) == msg
+    assert decode_header(data) == msg.header
+    code, body = encode_body(msg.body)
+    assert code == msg.code
+    assert decode_body(code, body) == msg.body
+    assert int.from_bytes(data[16:20], "big") == len(data)
+
+
+@pytest.mark.parametrize("msg", messages(rich=False), ids=lambda m: type(m.body).__name__)
+def test_plain_message_roundtrip(msg: Message) -> None:
+    assert decode_message(encode_message(msg)) == msg
+
+
+def test_header_decodes_when_body_is_garbage() -> None:
+    msg = messages(rich=True)[4]
+    data = bytearray(encode_message(msg))
+    assert isinstance(msg.body, StoreReq)
+    lists = sum(int.from_bytes(data[i : i + 2], "big") for i in (32, 34, 36))
+    body_start = 38 + lists + 2 + 4  # after message_code and the body's length
+    assert data[body_start] == 16  # the ResourceId's length byte
+    data[body_start] = 5
+    with pytest.raises(CodecError, match="resource"):
+        decode_message(bytes(data))
+    assert decode_header(bytes(data)) == msg.header
+
+
+def test_destination_roundtrip_and_forms() -> None:
+    node, res = NodeDestination(N1), ResourceDestination(N2)
+    assert encode_destination(node) == b"\x01\x10" + N1.to_bytes(16, "big")
+    assert encode_destination(res) == b"\x02\x11\x10" + N2.to_bytes(16, "big")
+    assert encode_destination(OpaqueDestination(b"ab")) == b"\x03\x03\x02ab"
+    comp = OpaqueDestination(b"\x81\x02", compressed=True)
+    assert encode_destination(comp) == b"\x81\x02"
+    for d in (node, res, comp, OpaqueDestination(b""), OpaqueDestination(b"x" * 254)):
+        assert decode_destination(encode_destination(d)) == d
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\x02\x10" + bytes(16),  # resource id must carry its own length byte
+        b"\x02\x09\x08" + bytes(8),  # 8-byte resource id
+        b"\x01\x0f" + bytes(15),  # short node id
+        b"\x04\x00",  # unknown type
+        b"\x81",  # half a compressed id
+        b"\x03\x02\x05x",  # opaque id longer than its destination
+    ],
+)
+def test_bad_destinations(bad: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_destination(bad)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ErrorResponse(3, b"x" * 70000),
+        PingReq(b"\x00" * 65536),
+        ProbeAns((ProbeInformation(1, b"four"),)),
+        ProbeAns((ProbeInformation(2, 1 << 32),)),
+        ProbeAns((ProbeInformation(4, 5),)),
+        AttachReq(candidates=(IceCandidate(IpAddressPort("localhost", 1)),)),
+        AttachReq(candidates=(IceCandidate(IpAddressPort("::1", 70000)),)),
+        AttachReq(candidates=(IceCandidate(IpAddressPort("::1", 1), type=CandType.RELAY),)),
+        AttachReq(
+            candidates=(
+                IceCandidate(IpAddressPort("::1", 1), rel_addr_port=IpAddressPort("::1", 2)),
+            )
+        ),
+        AttachReq(ufrag=b"u" * 256),
+        UpdateReq(1, ChordUpdateType.PEER_READY, (N1,)),
+        UpdateReq(1, ChordUpdateType.NEIGHBORS, fingers=(N1,)),
+        UpdateReq(1, 9),
+        UpdateReq(-1),
+        JoinReq(1 << 128),
+        StoreReq(-1, 0),
+        StoreReq(1, 256),
+        FetchReq(1, (StoredDataSpecifier(1 << 32),)),
+        RouteQueryReq(True, OpaqueDestination(b"\x01\x02", compressed=True)),
+        RouteQueryReq(True, OpaqueDestination(b"x" * 255)),
+        RawBody(0x10000),
+    ],
+)
+def test_encoding_invalid_values_raises_codec_error(body: MessageBody) -> None:
+    with pytest.raises(CodecError):
+        encode_body(body)
+
+
+def test_invalid_header_values() -> None:
+    base = messages(rich=False)[0]
+    for hdr in (
+        dataclasses.replace(base.header, ttl=256),
+        dataclasses.replace(base.header, transaction_id=-1),
+        dataclasses.replace(base.header, via_list=(NodeDestination(N1),) * 3700),
+        dataclasses.replace(base.header, options=(ForwardingOption(1, 0, b"x" * 65536),)),
+    ):
+        with pytest.raises(CodecError):
+            encode_message(dataclasses.replace(base, header=hdr))
+    sec = SecurityBlock(signature=Signature(identity=b"x" * 65536))
+    with pytest.raises(CodecError):
+        encode_message(dataclasses.replace(base, security=sec))
+
+
+def test_unknown_codes_decode_raw() -> None:
+    for code in (MessageCode.STAT_REQ, MessageCode.STAT_ANS, 0x1D, 0x1E, 0x42, 0xFFFE):
+        assert decode_body(code, b"\x00\x01") == RawBody(code, b"\x00\x01")
+
+
+def test_empty_answers_reject_trailing_bytes() -> None:
+    assert decode_body(MessageCode.LEAVE_ANS, b"") == LeaveAns()
+    assert decode_body(MessageCode.UPDATE_ANS, b"") == UpdateAns()
+    for code in (MessageCode.LEAVE_ANS, MessageCode.UPDATE_ANS, MessageCode.PING_ANS):
+        with pytest.raises(CodecError, match=r"trailing|needs"):
+            decode_body(code, b"\x00" * 17)
+
+
+# --- hypothesis ----------------------------------------------------------------------
+
+ids = st.integers(0, (1 << 128) - 1)
+u8, u16, u32, u64 = (st.integers(0, (1 << n) - 1) for n in (8, 16, 32, 64))
+small = st.binary(max_size=40)
+id_tuples = st.lists(ids, max_size=5).map(tuple)
+
+destinations: st.SearchStrategy[Destination] = st.one_of(
+    ids.map(NodeDestination),
+    ids.map(ResourceDestination),
+    st.binary(max_size=254).map(OpaqueDestination),
+    st.tuples(st.integers(0x80, 0xFF), u8).map(
+        lambda t: OpaqueDestination(bytes(t), compressed=True)
+    ),
+)
+headers = st.builds(
+    ForwardingHeader,
+    overlay=u32,
+    transaction_id=u64,
+    via_list=st.lists(destinations, max_size=4).map(tuple),
+    destination_list=st.lists(destinations, max_size=4).map(tuple),
+    options=st.lists(st.builds(ForwardingOption, u8, u8, small), max_size=3).map(tuple),
+    ttl=u8,
+    configuration_sequence=u16,
+    version=u8,
+    fragment=u32,
+    max_response_length=u32,
+)
+signatures = st.builds(Signature, u8, u8, u8, small, small)
+addresses = st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)).flatmap(
+    lambda h: u16.map(lambda p: IpAddressPort(h, p))
+)
+
+
+@st.composite
+def candidates(draw: st.DrawFn) -> IceCandidate:
+    ctype = draw(st.sampled_from([1, 2, 3, 4]))
+    return IceCandidate(
+        addr_port=draw(addresses),
+        overlay_link=draw(u8),
+        foundation=draw(small),
+        priority=draw(u32),
+        type=ctype,
+        rel_addr_port=None if ctype == CandType.HOST else draw(addresses),
+        extensions=tuple(draw(st.lists(st.builds(IceExtension, small, small), max_size=2))),
+    )
+
+
+@st.composite
+def updates(draw: st.DrawFn) -> UpdateReq:
+    utype = draw(st.sampled_from([1, 2, 3]))
+    if utype == 1:
+        return UpdateReq(draw(u32), utype)
+    fingers = draw(id_tuples) if utype == 3 else ()
+    return UpdateReq(draw(u32), utype, draw(id_tuples), draw(id_tuples), fingers)
+
+
+stored = st.builds(StoredData, u64, u32, small, small, st.booleans(), signatures)
+stored_tuple = st.lists(stored, max_size=3).map(tuple)
+probe_infos = st.one_of(
+    st.builds(ProbeInformation, st.integers(1, 3), u32),
+    st.builds(ProbeInformation, st.integers(4, 255), small),
+    st.builds(ProbeInformation, st.just(0), small),
+)
+attach_args = {
+    "ufrag": small,
+    "password": small,
+    "role": small,
+    "candidates": st.lists(candidates(), max_size=3).map(tuple),
+    "send_update": st.booleans(),
+}
+any_body: st.SearchStrategy[MessageBody] = st.one_of(
+    st.builds(ProbeReq, st.lists(u8, max_size=10).map(tuple)),
+    st.builds(ProbeAns, st.lists(probe_infos, max_size=5).map(tuple)),
+    st.builds(AttachReq, **attach_args),
+    st.builds(AttachAns, **attach_args),
+    st.builds(
+        StoreReq, ids, u8, st.lists(st.builds(StoreKindData, u32, u64, stored_tuple)).map(tuple)
+    ),
+    st.builds(StoreAns, st.lists(st.builds(StoreKindResponse, u32, u64, id_tuples)).map(tuple)),
+    st.builds(
+        FetchReq,
+        ids,
+        st.lists(
+            st.builds(StoredDataSpecifier, u32, u64, st.lists(small, max_size=3).map(tuple))
+        ).map(tuple),
+    ),
+    st.builds(FetchAns, st.lists(st.builds(FetchKindResponse, u32, u64, stored_tuple)).map(tuple)),
+    st.builds(JoinReq, ids, small),
+    st.builds(JoinAns, small),
+    st.builds(LeaveReq, ids, st.sampled_from([1, 2]), id_tuples),
+    st.just(LeaveAns()),
+    updates(),
+    st.just(UpdateAns()),
+    st.builds(RouteQueryReq, st.booleans(), destinations, small),
+    st.builds(RouteQueryAns, ids),
+    st.builds(PingReq, small),
+    st.builds(PingAns, u64, u64),
+    st.builds(ErrorResponse, u16, small),
+    st.builds(RawBody, st.sampled_from([0x19, 0x1A, 0x1D, 0x1E, 0x05, 0x1234]), small),
+)
+
+any_message = st.builds(
+    Message,
+    headers,
+    any_body,
+    st.lists(st.builds(MessageExtension, u16, st.booleans(), small), max_size=2).map(tuple),
+    st.builds(
+        SecurityBlock,
+        st.lists(st.builds(GenericCertificate, u8, small), max_size=2).map(tuple),
+        signatures,
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(any_message)
+def test_hypothesis_roundtrip(msg: Message) -> None:
+    data = encode_message(msg)
+    assert decode_message(data) == msg
+    assert decode_header(data) == msg.header
+    code, body = encode_body(msg.body)
+    assert decode_body(code, body) == msg.body
+
+
+@settings(max_examples=200, deadline=None)
+@given(destinations)
+def test_hypothesis_destination_roundtrip(d: Destination) -> None:
+    assert decode_destination(encode_destination(d)) == d
+
+
+def test_header_sample_is_rich() -> None:
+    h = header()
+    assert len(h.via_list) >= 2 and len(h.destination_list) >= 4 and h.options
+    kinds = {type(d) for d in h.via_list + h.destination_list}
+    assert kinds == {NodeDestination, ResourceDestination, OpaqueDestination}
+    assert any(isinstance(d, OpaqueDestination) and d.compressed for d in h.destination_list)
