@@ -111,7 +111,9 @@ class ForwardingOption:
     flags: int
     data: bytes
 
-    CRITICAL: ClassVar[int] = 0x04  # §6.3.2.3 flag bits: 0x01 forward-critical, 0x02 destination-critical, 0x04 response-copy
+    # §6.3.2.3 flag bits: 0x01 forward-critical, 0x02 destination-critical, 0x04 response-copy
+    FORWARD_CRITICAL: ClassVar[int] = 0x01
+    DESTINATION_CRITICAL: ClassVar[int] = 0x02
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +442,7 @@ class RawBody:
     data: bytes = b""
 
     @property
-    def CODE(self) -> int:  # noqa: N802 - mirrors the ClassVar of the modelled bodies
+    def CODE(self) -> int:  # mirrors the ClassVar of the modelled bodies
         return self.code
 
 
