@@ -1,0 +1,442 @@
+"""The asyncio runtime that drives the sans-I/O ChordPeer with real sockets and real time.
+
+It owns the link layer, decodes what arrives, feeds the peer, executes what the peer asks
+for (``take_actions``) and calls ``tick`` at the peer's deadlines. Every clock read of the
+overlay happens here, so the peer itself stays deterministic and simulable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import struct
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+
+from overlay.actions import (
+    Address,
+    AppRequest,
+    Dropped,
+    Event,
+    NeighborsChanged,
+    PeerState,
+    RequestCompleted,
+    RequestFailed,
+    Send,
+    StateChanged,
+)
+from overlay.chord import ChordPeer, PeerView
+from overlay.codec import HEADER_SIZE, CodecError, decode_header, decode_message, encode_message
+from overlay.config import ChordConfig
+from overlay.messages import (
+    Destination,
+    ErrorCode,
+    ErrorResponse,
+    ForwardingHeader,
+    Message,
+    MessageBody,
+    MessageCode,
+    NodeDestination,
+    is_request_code,
+    overlay_hash,
+)
+from overlay.transport import Link, LinkConfig, LinkLayer, LinkStats
+
+log = logging.getLogger("p2preg.overlay")
+
+AppHandler = Callable[[Message], Awaitable[MessageBody]]
+_LIST_LENGTHS = struct.Struct("!HHH")  # via, destination, options lengths at header offset 32
+
+
+class OverlayRequestError(Exception):
+    """A request of ours got no answer (RequestFailed, timeout, or the runtime closed)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _short(node_id: int) -> str:
+    return f"{node_id:032x}"[:8]
+
+
+def _code_name(code: int) -> str:
+    try:
+        return MessageCode(code).name
+    except ValueError:
+        return f"code_{code:#06x}"
+
+
+def _raw_message_code(data: bytes, header: ForwardingHeader) -> int | None:
+    """The message code of a message whose header parsed but whose rest did not."""
+    if len(data) < HEADER_SIZE:
+        return None
+    lists = sum(_LIST_LENGTHS.unpack_from(data, HEADER_SIZE - _LIST_LENGTHS.size))
+    offset = HEADER_SIZE + lists
+    if len(data) < offset + 2:
+        return None
+    return int.from_bytes(data[offset : offset + 2], "big")
+
+
+class OverlayRuntime:
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        config: ChordConfig,
+        host: str,
+        port: int,
+        rng: random.Random | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        client_ssl_context: ssl.SSLContext | None = None,
+        exp_probe: Callable[[], dict[str, object]] | None = None,
+        num_resources: Callable[[], int] | None = None,
+        app_handler: AppHandler | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        link_config: LinkConfig | None = None,
+    ) -> None:
+        self._node_id = node_id
+        self._config = config
+        self._rng = rng or random.Random()
+        self._exp_probe = exp_probe
+        self._num_resources = num_resources
+        self._app_handler = app_handler
+        self._clock = clock
+        self._overlay = overlay_hash(config.overlay_name)
+        self._links = LinkLayer(
+            host,
+            port,
+            on_message=self._on_payload,
+            on_link_failed=self._on_link_failed,
+            ssl_context=ssl_context,
+            client_ssl_context=client_ssl_context,
+            config=link_config,
+        )
+        self._peer: ChordPeer | None = None
+        self._address: Address | None = None
+        self._listeners: list[Callable[[Event], None]] = []
+        self._requests: dict[int, asyncio.Future[Message]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._sleeping_until: float | None = None
+        self._state_changed = asyncio.Event()
+        self._closed = False
+        self._counters: dict[str, int] = {
+            "decode_errors": 0,
+            "wrong_overlay": 0,
+            "encode_errors": 0,
+            "link_failures": 0,
+            "dropped": 0,
+            "app_requests": 0,
+            "app_errors": 0,
+            "requests_completed": 0,
+            "requests_failed": 0,
+            "peer_errors": 0,
+        }
+
+    # --- properties -------------------------------------------------------------
+    @property
+    def node_id(self) -> int:
+        return self._node_id
+
+    @property
+    def address(self) -> Address:
+        if self._address is None:
+            raise RuntimeError("the runtime is not started")
+        return self._address
+
+    @property
+    def peer(self) -> ChordPeer:
+        if self._peer is None:
+            raise RuntimeError("the runtime is not started")
+        return self._peer
+
+    @property
+    def state(self) -> PeerState:
+        return self._peer.state if self._peer is not None else PeerState.INIT
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Messages sent/received per code name, decode errors, link failures…; the link
+        layer's own counters are included with a ``link.`` prefix."""
+        merged = dict(self._counters)
+        merged.update({f"link.{k}": v for k, v in self._links.counters.items()})
+        return merged
+
+    @property
+    def links(self) -> LinkLayer:
+        return self._links
+
+    def link_stats(self) -> list[LinkStats]:
+        return self._links.stats()
+
+    def view(self) -> PeerView:
+        return self.peer.view(self._clock())
+
+    def add_listener(self, cb: Callable[[Event], None]) -> None:
+        self._listeners.append(cb)
+
+    # --- lifecycle -------------------------------------------------------------
+    async def start(self, bootstrap: Sequence[Address] = ()) -> Address:
+        """Bind, then create the peer (it needs the bound address) and start or join."""
+        self._address = await self._links.start()
+        self._peer = ChordPeer(
+            self._node_id,
+            self._address,
+            self._config,
+            self._rng,
+            exp_probe=self._exp_probe,
+            num_resources=self._num_resources,
+        )
+        self._timer = asyncio.create_task(self._timer_loop(), name=f"chord-{_short(self._node_id)}")
+        self._call(lambda peer, now: peer.start(now, tuple(bootstrap)))
+        log.info("node %s listening on %s", _short(self._node_id), self._address)
+        return self._address
+
+    async def wait_state(self, state: PeerState, timeout: float) -> None:
+        """Return once the peer is in ``state``; TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while self.state is not state:
+                self._state_changed.clear()
+                await self._state_changed.wait()
+
+    async def request(
+        self,
+        destinations: Sequence[Destination],
+        body: MessageBody,
+        timeout: float | None = None,
+    ) -> Message:
+        """Originate a request and return its answer (which may carry an ErrorResponse)."""
+        if self._closed:
+            raise OverlayRequestError("runtime closed")
+        peer = self.peer
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        transaction_id = peer.request(tuple(destinations), body, self._clock())
+        self._requests[transaction_id] = future
+        self._drain()
+        try:
+            if timeout is None:
+                return await future
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), timeout)
+            except TimeoutError:
+                raise OverlayRequestError(f"no answer within {timeout} s") from None
+        finally:
+            self._requests.pop(transaction_id, None)
+
+    async def leave(self, timeout: float = 10.0) -> None:
+        """Graceful: the peer tells its neighbours, we wait for LEFT, then close sockets."""
+        if self._peer is not None and not self._closed:
+            if self.state not in (PeerState.LEAVING, PeerState.LEFT):
+                self._call(lambda peer, now: peer.leave(now))
+            try:
+                await self.wait_state(PeerState.LEFT, timeout)
+            except TimeoutError:
+                log.warning("node %s: leave not finished in %s s", _short(self._node_id), timeout)
+        await self._shutdown(flush=True)
+
+    async def close(self) -> None:
+        """Abrupt stop: no leave, sockets reset, our pending requests fail."""
+        await self._shutdown(flush=False)
+
+    async def _shutdown(self, *, flush: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._timer, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._links.close(flush=flush)
+        for future in self._requests.values():
+            if not future.done():
+                future.set_exception(OverlayRequestError("runtime closed"))
+        self._requests.clear()
+
+    # --- feeding the peer -------------------------------------------------------
+    def _call(self, fn: Callable[[ChordPeer, float], object]) -> None:
+        if self._peer is None or self._closed:
+            return
+        try:
+            fn(self._peer, self._clock())
+        except Exception:
+            # A peer bug on one input must not take the node down; it is loud in the log.
+            self._counters["peer_errors"] += 1
+            log.exception("ChordPeer failed")
+        self._drain()
+
+    def _on_payload(self, link: Link, data: bytes) -> None:
+        if self._peer is None or self._closed:
+            return
+        try:
+            message = decode_message(data)
+        except CodecError as err:
+            self._undecodable(link, data, err)
+            return
+        header = message.header
+        if header.via_list and isinstance(header.via_list[-1], NodeDestination):
+            # Every sender puts itself last in the via list: that names the link's far end.
+            self._links.bind_node(link, header.via_list[-1].node_id)
+        self._count("received", message.code)
+        if header.overlay != self._overlay:
+            self._counters["wrong_overlay"] += 1
+            if message.is_request:
+                self._answer_on(
+                    link,
+                    header,
+                    ErrorCode.INCOMPATIBLE_WITH_OVERLAY,
+                    f"overlay {header.overlay:#010x} is not {self._overlay:#010x}",
+                )
+            return
+        self._call(lambda peer, now: peer.receive(message, now))
+
+    def _undecodable(self, link: Link, data: bytes, err: CodecError) -> None:
+        self._counters["decode_errors"] += 1
+        try:
+            header = decode_header(data)
+        except CodecError:
+            log.debug("dropping undecodable frame on %r: %s", link, err)
+            return
+        code = _raw_message_code(data, header)
+        log.debug("undecodable message (code %s) on %r: %s", code, link, err)
+        if code is not None and is_request_code(code):
+            self._answer_on(link, header, ErrorCode.INVALID_MESSAGE, str(err))
+
+    def _answer_on(self, link: Link, request: ForwardingHeader, code: int, info: str) -> None:
+        """An error answer sent straight back on the link the request came in on."""
+        header = ForwardingHeader(
+            overlay=request.overlay,
+            transaction_id=request.transaction_id,
+            destination_list=tuple(reversed(request.via_list)),
+            via_list=(NodeDestination(self._node_id),),
+            ttl=self._config.initial_ttl,
+        )
+        answer = Message(header, ErrorResponse(code, info.encode("utf-8")[:0xFFFF]))
+        try:
+            self._links.send_on(link, encode_message(answer))
+        except (CodecError, ValueError) as err:
+            self._counters["encode_errors"] += 1
+            log.warning("cannot send error answer: %s", err)
+            return
+        self._count("sent", answer.code)
+
+    def _on_link_failed(self, node_id: int | None, address: Address | None) -> None:
+        self._counters["link_failures"] += 1
+        self._call(lambda peer, now: peer.link_failed(node_id, address, now))
+
+    # --- executing the peer's actions -------------------------------------------
+    def _drain(self) -> None:
+        peer = self._peer
+        if peer is None:
+            return
+        while actions := peer.take_actions():
+            for action in actions:
+                if isinstance(action, Send):
+                    self._send(action)
+                else:
+                    self._event(action)
+        self._rearm()
+
+    def _send(self, action: Send) -> None:
+        try:
+            data = encode_message(action.message)
+            self._links.send(action.next_hop, action.address, data)
+        except (CodecError, ValueError) as err:
+            # Our own message cannot go out: to the peer that is a dead hop.
+            self._counters["encode_errors"] += 1
+            log.warning("cannot send %s: %s", _code_name(action.message.code), err)
+            asyncio.get_running_loop().call_soon(
+                self._on_link_failed, action.next_hop, action.address
+            )
+            return
+        self._count("sent", action.message.code)
+
+    def _event(self, event: Event) -> None:
+        if isinstance(event, AppRequest):
+            self._counters["app_requests"] += 1
+            self._spawn(self._serve(event.message))
+        elif isinstance(event, RequestCompleted):
+            self._counters["requests_completed"] += 1
+            future = self._requests.get(event.transaction_id)
+            if future is not None and not future.done():
+                future.set_result(event.response)
+        elif isinstance(event, RequestFailed):
+            self._counters["requests_failed"] += 1
+            future = self._requests.get(event.transaction_id)
+            if future is not None and not future.done():
+                future.set_exception(OverlayRequestError(event.reason))
+        elif isinstance(event, StateChanged):
+            log.info("node %s: state %s", _short(self._node_id), event.state.value)
+            self._state_changed.set()
+        elif isinstance(event, NeighborsChanged):
+            log.info(
+                "node %s: predecessors [%s] successors [%s]",
+                _short(self._node_id),
+                " ".join(_short(p) for p in event.predecessors),
+                " ".join(_short(s) for s in event.successors),
+            )
+        elif isinstance(event, Dropped):
+            self._counters["dropped"] += 1
+            log.debug("node %s dropped a message: %s", _short(self._node_id), event.reason)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed")
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, request: Message) -> None:
+        body: MessageBody
+        if self._app_handler is None:
+            body = ErrorResponse(ErrorCode.FORBIDDEN, b"no application handler")
+        else:
+            try:
+                body = await self._app_handler(request)
+            except Exception as err:
+                self._counters["app_errors"] += 1
+                log.exception("application handler failed on %s", _code_name(request.code))
+                body = ErrorResponse(ErrorCode.INVALID_MESSAGE, f"handler failed: {err}".encode())
+        self._call(lambda peer, now: peer.respond(request, body, now))
+
+    def _count(self, direction: str, code: int) -> None:
+        key = f"{direction}.{_code_name(code)}"
+        self._counters[key] = self._counters.get(key, 0) + 1
+
+    # --- timers -------------------------------------------------------------------
+    def _rearm(self) -> None:
+        """Wake the timer loop if the peer now wants to be ticked earlier than planned."""
+        if self._peer is None:
+            return
+        deadline = self._peer.next_deadline()
+        if deadline is not None and (
+            self._sleeping_until is None or deadline < self._sleeping_until
+        ):
+            self._wake.set()
+
+    async def _timer_loop(self) -> None:
+        peer = self.peer
+        while not self._closed:
+            deadline = peer.next_deadline()
+            now = self._clock()
+            if deadline is not None and deadline <= now:
+                self._sleeping_until = None
+                self._call(lambda peer, now: peer.tick(now))
+                # Yield so a long backlog of deadlines does not starve the sockets.
+                await asyncio.sleep(0)
+                continue
+            self._sleeping_until = deadline
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), None if deadline is None else deadline - now
+                )
