@@ -1,1 +1,19 @@
-"""LMDB storage of overlay records (filled in by the storage issue)."""
+"""LMDB storage of overlay records: atomic RELOAD Stores, fetches, ring-range scans, expiry,
+and group commit. No sockets and no SIP here; the overlay drives it."""
+
+from storage.commit import GroupCommitter
+from storage.errors import StorageFull, StoreError
+from storage.record import Durability, KindLimits, Record, Role, StoreOutcome
+from storage.store import RecordStore
+
+__all__ = [
+    "Durability",
+    "GroupCommitter",
+    "KindLimits",
+    "Record",
+    "RecordStore",
+    "Role",
+    "StorageFull",
+    "StoreError",
+    "StoreOutcome",
+]
