@@ -1,0 +1,608 @@
+"""The ``p2preg`` command line: run a node, inspect and steer one through its admin API, simulate.
+
+Client subcommands speak plain HTTP with the standard library so that they start fast and do not
+need an event loop; only ``run`` imports the overlay runtime and aiohttp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from p2preg import __version__
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the node answered, but with an error (or the operation did not complete)
+EXIT_USAGE = 2  # bad arguments, or the admin API cannot be reached at all
+
+DEFAULT_ADMIN_TIMEOUT = 60.0
+
+# --- argument parsing -------------------------------------------------------------------------
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_admin_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin",
+        required=True,
+        metavar="HOST:PORT",
+        help="admin API address of the node to ask (what its `p2preg run --admin` bound)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON for machines instead of a table"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_ADMIN_TIMEOUT,
+        metavar="SECONDS",
+        help="give up on the admin API after this many seconds (default: %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from overlay.config import ChordConfig
+
+    defaults = ChordConfig()
+    parser = argparse.ArgumentParser(
+        prog="p2preg",
+        formatter_class=_Formatter,
+        description=(
+            "p2preg: a peer-to-peer SIP registrar whose nodes form a Chord-reload (RFC 6940)\n"
+            "ring. Run a node with `p2preg run`; inspect a running ring through any node's\n"
+            "admin API with `p2preg status|ring|route|leave --admin HOST:PORT`; `p2preg sim`\n"
+            "runs the overlay in a deterministic simulator. `p2preg COMMAND --help` explains\n"
+            "each command."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"p2preg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        formatter_class=_Formatter,
+        help="run one node in the foreground",
+        description=(
+            "Run one node in the foreground. Without --bootstrap it starts a new ring; with it,\n"
+            "it joins the ring those peers belong to. Logs go to stderr. SIGTERM or SIGINT (or\n"
+            "POST /v1/leave) makes the node leave the ring gracefully and exit 0.\n"
+            "Port 0 in any address means any free port; the bound ports are logged\n"
+            "('overlay listening on HOST:PORT') and written to --ready-file."
+        ),
+    )
+    run.add_argument(
+        "--data-dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="directory for this node's state (its node id now, its records later); created "
+        "if missing. Restarting on the same directory keeps the node id",
+    )
+    run.add_argument(
+        "--overlay",
+        required=True,
+        metavar="HOST:PORT",
+        help="address the overlay (RELOAD over TCP) listens on; peers must be able to reach it",
+    )
+    run.add_argument(
+        "--admin",
+        required=True,
+        metavar="HOST:PORT",
+        help="address of the admin HTTP API (JSON) used by the p2preg CLI; keep it private",
+    )
+    run.add_argument(
+        "--sip",
+        metavar="HOST:PORT",
+        help="SIP address; accepted now, served once the SIP front end lands (issue 4). "
+        "Default: none",
+    )
+    run.add_argument(
+        "--bootstrap",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="HOST:PORT",
+        help="overlay address of a peer already in the ring; repeat or list several, any one "
+        "answering is enough. Default: none, i.e. start a new ring",
+    )
+    run.add_argument(
+        "--overlay-name",
+        default=defaults.overlay_name,
+        metavar="NAME",
+        help="overlay name; every peer of one ring must use the same (default: %(default)s)",
+    )
+    run.add_argument(
+        "--node-id",
+        metavar="HEX",
+        help="this node's 128-bit id as 32 hex digits. Default: the id saved in --data-dir, "
+        "else a random one (which is then saved there)",
+    )
+    run.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="PATH",
+        help="once both listeners are bound, write JSON {node_id, overlay, admin, sip, pid} "
+        "here (for scripts and tests). Default: none",
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level on stderr (default: %(default)s)",
+    )
+    timers = run.add_argument_group(
+        "overlay tuning", "defaults suit a data centre; tests use shorter timers"
+    )
+    timers.add_argument(
+        "--ping-interval",
+        type=float,
+        default=defaults.ping_interval,
+        metavar="SECONDS",
+        help="seconds between liveness pings to each neighbour (default: %(default)s)",
+    )
+    timers.add_argument(
+        "--missed-pings",
+        type=int,
+        default=defaults.missed_pings,
+        metavar="N",
+        help="a neighbour missing this many ping answers in a row is declared dead "
+        "(default: %(default)s)",
+    )
+    timers.add_argument(
+        "--update-interval",
+        type=float,
+        default=defaults.update_interval,
+        metavar="SECONDS",
+        help="seconds between periodic Updates to the neighbours (default: %(default)s)",
+    )
+    timers.add_argument(
+        "--finger-interval",
+        type=float,
+        default=defaults.finger_interval,
+        metavar="SECONDS",
+        help="seconds between finger refreshes, one finger per tick in rotation "
+        "(default: %(default)s)",
+    )
+    timers.add_argument(
+        "--jitter",
+        type=float,
+        default=defaults.jitter,
+        metavar="FRACTION",
+        help="every periodic timer is scaled by a random factor in [1-J, 1+J] "
+        "(default: %(default)s)",
+    )
+    timers.add_argument(
+        "--successors",
+        type=int,
+        default=defaults.successors,
+        metavar="N",
+        help="length of the successor list, at least 3 (default: %(default)s)",
+    )
+    timers.add_argument(
+        "--predecessors",
+        type=int,
+        default=defaults.predecessors,
+        metavar="N",
+        help="length of the predecessor list, at least 3 (default: %(default)s)",
+    )
+    timers.add_argument(
+        "--leave-timeout",
+        type=float,
+        default=defaults.leave_timeout,
+        metavar="SECONDS",
+        help="how long a leaving node waits for its neighbours' LeaveAns (default: %(default)s)",
+    )
+
+    status = sub.add_parser(
+        "status",
+        formatter_class=_Formatter,
+        help="show one node: id, state, addresses, share of the ring, neighbours",
+        description="Show one node as its admin API reports it (GET /v1/node).",
+    )
+    _add_admin_args(status)
+
+    ring = sub.add_parser(
+        "ring",
+        formatter_class=_Formatter,
+        help="list every peer of the ring in ring order",
+        description=(
+            "Walk the ring from the given node (GET /v1/ring): it probes its successor over\n"
+            "the overlay, then that peer's successor, and so on until it is back at itself.\n"
+            "Peers that do not answer are listed as unreachable. --json prints a JSON array of\n"
+            "node objects in ring order (node_id, overlay, admin, sip, state, successors,\n"
+            "predecessors, responsible_ppb, num_resources, uptime_s, reachable).\n"
+            "Exit 1 when the walk did not come back round to the start."
+        ),
+    )
+    _add_admin_args(ring)
+
+    route = sub.add_parser(
+        "route",
+        formatter_class=_Formatter,
+        help="show the hop path to the peer responsible for a key",
+        description=(
+            "Show the hops a message for KEY takes from the given node to the peer responsible\n"
+            "for it (GET /v1/route/KEY): each hop is asked with RouteQuery where it would\n"
+            "forward, until a peer names itself. KEY is an AOR or resource name (e.g.\n"
+            "alice@example.com; a sip:/sips: prefix is dropped) hashed to its Resource-ID, or\n"
+            "an id given as 32 hex digits (optionally 0x-prefixed)."
+        ),
+    )
+    route.add_argument("key", metavar="KEY", help="AOR / resource name, or a 32-hex-digit id")
+    _add_admin_args(route)
+
+    leave = sub.add_parser(
+        "leave",
+        formatter_class=_Formatter,
+        help="make a node leave the ring gracefully (its process then exits 0)",
+        description="Ask the node to leave the ring gracefully (POST /v1/leave); its process\n"
+        "then exits 0.",
+    )
+    _add_admin_args(leave)
+
+    sim = sub.add_parser(
+        "sim",
+        formatter_class=_Formatter,
+        help="run the overlay in the deterministic simulator and print its figures",
+        description=(
+            "Build a ring of N simulated peers by joins over a virtual network with virtual\n"
+            "time, stabilise it, optionally fail a fraction of the peers at once and/or run\n"
+            "churn, then route lookups for random ids. Prints mean/p50/p99 hop counts, the\n"
+            "lookup success rate, the stabilisation rounds until every successor pointer was\n"
+            "right, and maintenance messages per node per second. The same seed gives the same\n"
+            "figures. --json prints one JSON object."
+        ),
+    )
+    sim.add_argument(
+        "--nodes", type=int, default=100, metavar="N", help="peers (default: %(default)s)"
+    )
+    sim.add_argument(
+        "--lookups",
+        type=int,
+        default=1000,
+        metavar="K",
+        help="lookups for random ids after the ring has converged (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="churn events per second of virtual time (joins and failures alternate) during "
+        "the churn phase; 0 = no churn (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--fail",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction (0..1) of the peers that fail at once after convergence "
+        "(default: %(default)s)",
+    )
+    sim.add_argument(
+        "--seed", type=int, default=1, metavar="S", help="random seed (default: %(default)s)"
+    )
+    sim.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+# --- the admin API client -------------------------------------------------------------------
+
+
+class AdminUnreachable(Exception):
+    """No HTTP answer at all: wrong address, node down, timeout."""
+
+
+class AdminRefused(Exception):
+    """The node answered with an HTTP error."""
+
+    def __init__(self, status: int, message: str, body: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def admin_call(admin: str, method: str, path: str, timeout: float) -> tuple[int, Any]:
+    host = admin.strip()
+    if "://" in host:
+        host = urllib.parse.urlsplit(host).netloc
+    url = f"http://{host}{path}"
+    request = urllib.request.Request(url, method=method, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AdminUnreachable(f"cannot reach the admin API at {host}: {reason}") from None
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        raise AdminUnreachable(
+            f"{host} answered HTTP {status} but not with JSON: is it a p2preg admin API?"
+        ) from None
+    return status, body
+
+
+def _checked(status: int, body: Any, admin: str) -> Any:
+    if status >= 400:
+        message = body.get("error") if isinstance(body, dict) else None
+        raise AdminRefused(status, f"{admin} answered HTTP {status}: {message or body}", body)
+    return body
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _short(node_id: str | None) -> str:
+    return node_id[:8] if node_id else "-"
+
+
+def _uptime(seconds: float | int | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _ownership(ppb: int | None) -> str:
+    return "-" if ppb is None else f"{ppb / 1e7:.2f}%"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def render_status(info: dict[str, Any]) -> str:
+    out = [
+        f"Node       {info['node_id']}",
+        f"State      {info['state']}",
+        f"Overlay    {info['overlay']}  (ring {info.get('overlay_name', '?')!r})",
+        f"Admin      {info['admin']}",
+        f"SIP        {info['sip'] or '- (SIP front end not built yet)'}",
+        f"Uptime     {_uptime(info['uptime_s'])}",
+        f"Owns       {_ownership(info['responsible_ppb'])} of the ring",
+        f"Fingers    {len(info['fingers'])} filled",
+        "",
+    ]
+    rows: list[list[str]] = []
+    for role in ("predecessors", "successors"):
+        for i, peer in enumerate(info[role]):
+            rows.append(
+                [role[:-1] if i == 0 else "", str(i + 1), peer["node_id"], peer["overlay"] or "-"]
+            )
+    if rows:
+        out.append(_table(["Neighbour", "#", "Node ID", "Overlay"], rows))
+    else:
+        out.append("No neighbours (alone in its ring, or not joined yet).")
+    return "\n".join(out)
+
+
+def render_ring(walk: dict[str, Any]) -> str:
+    nodes = walk["nodes"]
+    rows = []
+    for node in nodes:
+        succ = node["successors"][0] if node["successors"] else None
+        rows.append(
+            [
+                _short(node["node_id"]),
+                node["state"] or ("unreachable" if not node["reachable"] else "-"),
+                node["overlay"] or "-",
+                node["admin"] or "-",
+                _ownership(node["responsible_ppb"]),
+                _uptime(node["uptime_s"]),
+                _short(succ),
+            ]
+        )
+    header = ["Node", "State", "Overlay", "Admin", "Owns", "Uptime", "Successor"]
+    out = [_table(header, rows), ""]
+    down = sum(1 for n in nodes if not n["reachable"])
+    summary = f"{len(nodes)} peers walked from {_short(walk['start'])}"
+    if down:
+        summary += f", {down} unreachable"
+    summary += " (ring closed)" if walk["complete"] else " (ring NOT closed: walk did not return)"
+    out.append(summary)
+    return "\n".join(out)
+
+
+def render_route(route: dict[str, Any]) -> str:
+    name = route["resource_name"]
+    target = f"{name} -> {route['resource_id']}" if name else route["resource_id"]
+    rows = []
+    for i, hop in enumerate(route["hops"]):
+        note = "responsible" if hop.get("responsible") else ("this peer" if i == 0 else "")
+        if i == 0 and hop.get("responsible"):
+            note = "this peer, responsible"
+        rows.append([str(i), hop["node_id"], hop["overlay"] or "-", hop["admin"] or "-", note])
+    out = [f"Key {target}", _table(["Hop", "Node ID", "Overlay", "Admin", ""], rows)]
+    if route.get("error"):
+        out.append(f"incomplete: {route['error']}")
+    return "\n".join(out)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = _checked(*admin_call(args.admin, "GET", "/v1/node", args.timeout), args.admin)
+    _print_json(info) if args.json else print(render_status(info))
+    return EXIT_OK
+
+
+def cmd_ring(args: argparse.Namespace) -> int:
+    walk = _checked(*admin_call(args.admin, "GET", "/v1/ring", args.timeout), args.admin)
+    _print_json(walk["nodes"]) if args.json else print(render_ring(walk))
+    return EXIT_OK if walk["complete"] else EXIT_FAILED
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    path = "/v1/route/" + urllib.parse.quote(args.key, safe="")
+    status, body = admin_call(args.admin, "GET", path, args.timeout)
+    if status == 502 and isinstance(body, dict) and "hops" in body:
+        # An incomplete path is still worth showing: it says where routing broke.
+        _print_json(body) if args.json else print(render_route(body))
+        return EXIT_FAILED
+    route = _checked(status, body, args.admin)
+    _print_json(route) if args.json else print(render_route(route))
+    return EXIT_OK
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    answer = _checked(*admin_call(args.admin, "POST", "/v1/leave", args.timeout), args.admin)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(f"node {answer['node_id']} is leaving the ring")
+    return EXIT_OK
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    if args.nodes < 1:
+        raise _Usage("--nodes must be at least 1")
+    if not 0.0 <= args.fail < 1.0:
+        raise _Usage("--fail must be a fraction in [0, 1)")
+    if args.churn < 0 or args.lookups < 0:
+        raise _Usage("--churn and --lookups cannot be negative")
+    from overlay.sim import SimParams, run_simulation
+
+    result = run_simulation(
+        SimParams(
+            nodes=args.nodes,
+            lookups=args.lookups,
+            churn=args.churn,
+            fail=args.fail,
+            seed=args.seed,
+        )
+    )
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    rows = [[str(k), _fmt_number(v)] for k, v in result.items()]
+    print(_table(["Figure", "Value"], rows))
+    return EXIT_OK
+
+
+def _fmt_number(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt_number(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return json.dumps(value)
+    return str(value)
+
+
+class _Usage(Exception):
+    """A bad argument found after parsing: one line, exit 2."""
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from overlay.config import ChordConfig
+    from p2preg.logs import setup_logging
+    from p2preg.node import NodeOptions, SetupError, load_node_id, parse_address, run_node
+
+    try:
+        config = ChordConfig(
+            overlay_name=args.overlay_name,
+            ping_interval=args.ping_interval,
+            missed_pings=args.missed_pings,
+            update_interval=args.update_interval,
+            finger_interval=args.finger_interval,
+            jitter=args.jitter,
+            successors=args.successors,
+            predecessors=args.predecessors,
+            leave_timeout=args.leave_timeout,
+        )
+    except ValueError as exc:
+        raise _Usage(f"bad overlay tuning: {exc}") from None
+    if args.missed_pings < 1 or args.leave_timeout <= 0:
+        raise _Usage("--missed-pings must be at least 1 and --leave-timeout positive")
+    try:
+        options = NodeOptions(
+            data_dir=args.data_dir,
+            overlay=parse_address(args.overlay, "--overlay"),
+            admin=parse_address(args.admin, "--admin"),
+            sip=parse_address(args.sip, "--sip") if args.sip else None,
+            bootstrap=tuple(parse_address(b, "--bootstrap") for b in args.bootstrap),
+            node_id=args.node_id,
+            config=config,
+            ready_file=args.ready_file,
+        )
+        if options.node_id is not None:
+            # Check before touching the data directory: a typo must not leave files behind.
+            from overlay.ids import parse_id
+
+            try:
+                parse_id(options.node_id)
+            except ValueError as exc:
+                raise SetupError(f"invalid --node-id: {exc}") from None
+        try:
+            args.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SetupError(f"cannot create --data-dir {args.data_dir}: {exc}") from None
+        node_id = load_node_id(args.data_dir, args.node_id)
+    except SetupError as exc:
+        raise _Usage(str(exc)) from None
+    setup_logging(args.log_level, node_id)
+    return run_node(options, node_id)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "ring": cmd_ring,
+    "route": cmd_route,
+    "leave": cmd_leave,
+    "sim": cmd_sim,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    prog = f"p2preg {args.command}"
+    try:
+        return COMMANDS[args.command](args)
+    except _Usage as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AdminUnreachable as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AdminRefused as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
