@@ -21,21 +21,12 @@ from typing import Any
 import pytest
 from harness import Cluster, ring_problem, wait_for
 
-from overlay.messages import EMPTY_SIGNATURE, SignerIdentityType
 from p2preg.cli import admin_call
 
 PI_ERROR = 0x00800000  # Wireshark's expert severity "Error"
 REQUEST_CODES = {"Probe": 1, "Attach": 3, "Join": 15, "Leave": 17, "Update": 19, "Ping": 23}
 ROUTE_QUERY = 21
 RESEGMENTED_PORT = 6084
-
-# Wireshark 4.0 decodes no SignerIdentity but cert_hash/cert_hash_node_id and flags identity
-# type none(3) as the error "Unknown identity type". WIRE.md §3 has us send none(3) until peer
-# security lands; while that placeholder is what the codec sends, this one item is tolerated
-# (tests/test_codec_wireshark.py pins it down). Once messages are signed, nothing is.
-TOLERATED_ERRORS = (
-    {"Unknown identity type"} if EMPTY_SIGNATURE.identity_type == SignerIdentityType.NONE else set()
-)
 
 
 def free_ports(count: int) -> list[int]:
@@ -221,7 +212,6 @@ def problems(capture: Path, ports: list[int]) -> dict[int, str]:
         sev = [int(v, 0) for v in severities.split("|") if v]
         texts = messages.split("|")
         errors = [t for v, t in zip(sev, texts, strict=False) if v >= PI_ERROR]
-        errors = [e for e in errors if e not in TOLERATED_ERRORS]
         if errors:
             found[int(number)] = "; ".join(sorted(set(errors)))
     return found
