@@ -36,6 +36,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from overlay import probe
 from overlay.actions import (
@@ -60,6 +61,7 @@ from overlay.messages import (
     Destination,
     ErrorCode,
     ErrorResponse,
+    FetchReq,
     ForwardingHeader,
     IceCandidate,
     IpAddressPort,
@@ -79,6 +81,7 @@ from overlay.messages import (
     ResourceDestination,
     RouteQueryAns,
     RouteQueryReq,
+    StoreReq,
     UpdateAns,
     UpdateReq,
     overlay_hash,
@@ -87,7 +90,7 @@ from overlay.messages import (
 INF = math.inf
 
 # What an outstanding request of ours is for.
-_APP, _CAND, _FINGER, _JOIN, _UPDATE, _LEAVE = range(6)
+_APP, _CAND, _FINGER, _JOIN, _UPDATE, _LEAVE, _DATA = range(7)
 
 DUPLICATE_ID_REASON = "node id already in the ring"
 ANNOUNCE_DELAY = 0.05  # s: neighbour changes within this window make one round of Updates
@@ -121,6 +124,26 @@ class _Pending:
         self.first_sent = now
         self.deadline = now + life
         self.hop: int | None = None
+
+
+class DataPlane(Protocol):
+    """The storage side of a peer (``overlay.replication.Replicator``), attached with
+    ``ChordPeer.attach_data_plane``. Store and Fetch requests delivered to this peer go to it
+    (not ``AppRequest``); the answers to its own requests (``request_internal``) come back to
+    it; it hears of neighbour changes and is ticked with the peer. It must not call back into
+    the peer's list maintenance from ``on_neighbors`` (schedule work for ``tick`` instead)."""
+
+    def on_request(self, message: Message, now: float) -> None: ...
+
+    def on_answer(self, transaction_id: int, message: Message, now: float) -> None: ...
+
+    def on_failed(self, transaction_id: int, reason: str, now: float) -> None: ...
+
+    def on_neighbors(self, now: float) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
 
 
 def _node_of(dest: Destination) -> int | None:
@@ -185,6 +208,8 @@ class ChordPeer:
         self._pred_hint: int | None = None
         self._hint_until = -INF
         self._awaiting_admission: dict[int, Message] = {}
+        self._data: DataPlane | None = None
+        self._now = 0.0  # the time of the input being handled, for the hooks (they take none)
         # timers
         self._t_ping = INF
         self._t_update = INF
@@ -228,6 +253,7 @@ class ChordPeer:
     def leave(self, now: float) -> None:
         """Graceful leave: LeaveReq to every neighbour, then state LEFT (after answers or
         ``leave_timeout``)."""
+        self._now = now
         if self._state in (PeerState.LEAVING, PeerState.LEFT):
             return
         if self._state in (PeerState.INIT, PeerState.JOINING):
@@ -265,6 +291,19 @@ class ChordPeer:
             self._complete_admission(joining_id, now)
             self._finish(now)
 
+    def attach_data_plane(self, data: DataPlane) -> None:
+        """Route Store/Fetch requests delivered here to ``data`` instead of ``AppRequest``."""
+        self._data = data
+
+    def request_internal(
+        self, destinations: Sequence[Destination], body: MessageBody, now: float
+    ) -> int | None:
+        """Originate a request for the data plane: its answer goes to ``DataPlane.on_answer``
+        (or ``on_failed``), not to the application. None when the peer cannot send."""
+        if self._state in (PeerState.INIT, PeerState.LEFT) or not destinations:
+            return None
+        return self._originate(tuple(destinations), body, now, _DATA, 0)
+
     def request(self, destinations: Sequence[Destination], body: MessageBody, now: float) -> int:
         """Originate a request; returns its transaction id. Its answer arrives as
         ``RequestCompleted`` (or ``RequestFailed``); retransmitted end to end meanwhile."""
@@ -283,6 +322,7 @@ class ChordPeer:
 
     # ================================================================== inputs
     def receive(self, message: Message, now: float) -> None:
+        self._now = now
         state = self._state
         if state is PeerState.INIT or state is PeerState.LEFT:
             return
@@ -343,6 +383,13 @@ class ChordPeer:
         while self._rtx and self._rtx[0][0] <= now:
             _, tid = heapq.heappop(self._rtx)
             self._retransmit(tid, now)
+        data = self._data
+        if data is not None:
+            due = data.next_deadline()
+            if due is not None and due <= now:
+                data.tick(now)
+                if self._state is PeerState.LEFT:
+                    return
         if self._t_leave <= now:
             self._t_leave = INF
             if state is PeerState.LEAVING:
@@ -387,6 +434,11 @@ class ChordPeer:
             t = self._t_leave
         if self._rtx and self._rtx[0][0] < t:
             t = self._rtx[0][0]
+        data = self._data
+        if data is not None and self._state is not PeerState.LEFT:
+            due = data.next_deadline()
+            if due is not None and due < t:
+                t = due
         if t == INF and self._dup_q:
             t = self._dup_q[0][0]  # otherwise the periodic ticks purge the duplicate cache
         return None if t == INF else t
@@ -399,6 +451,11 @@ class ChordPeer:
     @property
     def node_id(self) -> int:
         return self._id
+
+    @property
+    def input_time(self) -> float:
+        """The ``now`` of the input being handled (what a storage hook runs at)."""
+        return self._now
 
     @property
     def successors(self) -> tuple[int, ...]:
@@ -442,6 +499,26 @@ class ChordPeer:
         else:
             return None
         return self._route(target)
+
+    def responsible_range(self) -> tuple[int, int] | None:
+        """(start, self): the ring interval (start, self] this peer answers for, as
+        ``is_responsible`` decides; (self, self) is the whole ring; None when not in the ring."""
+        state = self._state
+        if state is not PeerState.JOINED and state is not PeerState.LEAVING:
+            return None
+        me = self._id
+        hint = self._pred_hint
+        if self._pred:
+            start = self._pred[0]
+            if hint is not None and ((me - hint) & MASK) < ((me - start) & MASK):
+                start = hint
+        elif not self._succ:
+            start = me
+        elif hint is not None:
+            start = hint
+        else:
+            start = self._succ[-1]
+        return start, me
 
     def is_responsible(self, target: int) -> bool:
         state = self._state
@@ -649,8 +726,12 @@ class ChordPeer:
             self._send_answer(message, ErrorResponse(code, text.encode()), now)
 
     def _deliver_error_locally(self, message: Message, code: int, text: str) -> None:
+        pending = self._pending.pop(message.header.transaction_id, None)
+        if pending is not None and pending.purpose == _DATA:
+            if self._data is not None:
+                self._data.on_failed(message.header.transaction_id, text, 0.0)
+            return
         self._actions.append(RequestFailed(message.header.transaction_id, text))
-        self._pending.pop(message.header.transaction_id, None)
 
     # ================================================================== delivery
     def _deliver(self, message: Message, now: float) -> None:
@@ -690,7 +771,11 @@ class ChordPeer:
         else:
             self._dup[key] = None
             self._dup_q.append((now + self._cfg.duplicate_window, key))
-            self._actions.append(AppRequest(message))
+            data = self._data
+            if data is not None and isinstance(body, StoreReq | FetchReq):
+                data.on_request(message, now)
+            else:
+                self._actions.append(AppRequest(message))
 
     def _on_response(self, message: Message, now: float) -> None:
         tid = message.header.transaction_id
@@ -706,6 +791,9 @@ class ChordPeer:
         purpose = pending.purpose
         if purpose == _APP:
             self._actions.append(RequestCompleted(tid, message))
+        elif purpose == _DATA:
+            if self._data is not None:
+                self._data.on_answer(tid, message, now)
         elif purpose in (_CAND, _FINGER):
             key = pending.arg if purpose == _CAND else -pending.arg
             if self._attaching.get(key) == tid:
@@ -762,6 +850,9 @@ class ChordPeer:
         purpose = pending.purpose
         if purpose == _APP:
             self._actions.append(RequestFailed(tid, "no answer within the request lifetime"))
+        elif purpose == _DATA:
+            if self._data is not None:
+                self._data.on_failed(tid, "no answer within the request lifetime", now)
         elif purpose in (_CAND, _FINGER):
             key = pending.arg if purpose == _CAND else -pending.arg
             if self._attaching.get(key) == tid:
@@ -1355,6 +1446,8 @@ class ChordPeer:
         if state is not PeerState.JOINED:
             return
         self._actions.append(NeighborsChanged(tuple(self._pred), tuple(self._succ)))
+        if self._data is not None:
+            self._data.on_neighbors(now)
         # The ring grew around us: fingers that used to be successors are far now.
         if self._t_fast == INF and any(i not in self._far for i in range(1, self._far_count() + 1)):
             self._campaign = now

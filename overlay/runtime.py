@@ -3,6 +3,15 @@
 It owns the link layer, decodes what arrives, feeds the peer, executes what the peer asks
 for (``take_actions``) and calls ``tick`` at the peer's deadlines. Every clock read of the
 overlay happens here, so the peer itself stays deterministic and simulable.
+
+With a ``backend`` (a ``storage.RecordStore``) the peer gets a ``Replicator`` that serves
+Store/Fetch and keeps the copies. Durability barrier: the store is opened without a flush per
+commit (LMDB ``sync=False``); with ``durability="sync"`` the runtime holds back every batch of
+actions produced after a write (answers, replica stores, handoffs) until ``backend.flush()``
+has run on a worker thread, and everything that comes in during that flush waits for the next
+one. So no StoreAns leaves before its data is on disk, and the stores that arrive while the
+disk is busy share one fsync (group commit). ``durability="async"`` skips the flush: a killed
+process loses nothing (the OS has the pages), a power loss may lose the last writes.
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from overlay.actions import (
+    Action,
     Address,
     AppRequest,
     Dropped,
@@ -35,14 +46,19 @@ from overlay.messages import (
     Destination,
     ErrorCode,
     ErrorResponse,
+    FetchReq,
     ForwardingHeader,
     Message,
     MessageBody,
     MessageCode,
     NodeDestination,
+    ResourceDestination,
+    StoreReq,
     is_request_code,
     overlay_hash,
 )
+from overlay.replication import NOT_RESPONSIBLE, Replicator
+from overlay.replication_backend import RecordBackend, ReplicationConfig
 from overlay.transport import Link, LinkConfig, LinkLayer, LinkStats
 
 log = logging.getLogger("p2preg.overlay")
@@ -97,7 +113,20 @@ class OverlayRuntime:
         app_handler: AppHandler | None = None,
         clock: Callable[[], float] = time.monotonic,
         link_config: LinkConfig | None = None,
+        backend: RecordBackend | None = None,
+        durability: str = "sync",
+        replication: ReplicationConfig | None = None,
     ) -> None:
+        if durability not in ("sync", "async"):
+            raise ValueError(f"durability must be 'sync' or 'async', got {durability!r}")
+        self._backend = backend
+        self._durable = durability == "sync" and backend is not None
+        self._replication = replication
+        self._replicator: Replicator | None = None
+        self._held: list[Action] = []  # actions waiting for a flush
+        self._flush_needed = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._flush_pool: ThreadPoolExecutor | None = None
         self._node_id = node_id
         self._config = config
         self._rng = rng or random.Random()
@@ -136,6 +165,8 @@ class OverlayRuntime:
             "requests_completed": 0,
             "requests_failed": 0,
             "peer_errors": 0,
+            "fsyncs": 0,
+            "flush_errors": 0,
         }
 
     # --- properties -------------------------------------------------------------
@@ -165,7 +196,14 @@ class OverlayRuntime:
         layer's own counters are included with a ``link.`` prefix."""
         merged = dict(self._counters)
         merged.update({f"link.{k}": v for k, v in self._links.counters.items()})
+        if self._replicator is not None:
+            merged.update({f"replication.{k}": v for k, v in self._replicator.counters.items()})
         return merged
+
+    @property
+    def replicator(self) -> Replicator | None:
+        """The data plane when a backend was given (counts, counters)."""
+        return self._replicator
 
     @property
     def links(self) -> LinkLayer:
@@ -192,6 +230,15 @@ class OverlayRuntime:
             exp_probe=self._exp_probe,
             num_resources=self._num_resources,
         )
+        if self._backend is not None:
+            now = self._clock()
+            self._replicator = Replicator(
+                self._peer,
+                self._backend,
+                self._replication,
+                now=now,
+                epoch_offset=time.time() - now,
+            )
         self._timer = asyncio.create_task(self._timer_loop(), name=f"chord-{_short(self._node_id)}")
         self._call(lambda peer, now: peer.start(now, tuple(bootstrap)))
         log.info("node %s listening on %s", _short(self._node_id), self._address)
@@ -228,6 +275,28 @@ class OverlayRuntime:
         finally:
             self._requests.pop(transaction_id, None)
 
+    async def data_request(
+        self, body: StoreReq | FetchReq, timeout: float = 10.0, backoff: float = 0.2
+    ) -> Message:
+        """Store or Fetch at ``body.resource`` through the ring, retried while the owner
+        answers In_Progress (a handoff) or "not responsible" (the ring is moving), until
+        ``timeout``. Returns the last answer (StoreAns/FetchAns or an ErrorResponse: e.g.
+        Generation_Counter_Too_Low, whose info is the encoded StoreAns)."""
+        deadline = self._clock() + timeout
+        while True:
+            left = deadline - self._clock()
+            if left <= 0:
+                raise OverlayRequestError(f"no answer within {timeout} s")
+            answer = await self.request([ResourceDestination(body.resource)], body, left)
+            err = answer.body
+            retry = isinstance(err, ErrorResponse) and (
+                err.error_code == ErrorCode.IN_PROGRESS
+                or (err.error_code == ErrorCode.FORBIDDEN and err.text == NOT_RESPONSIBLE)
+            )
+            if not retry or self._clock() + backoff >= deadline:
+                return answer
+            await asyncio.sleep(backoff)
+
     async def leave(self, timeout: float = 10.0) -> None:
         """Graceful: the peer tells its neighbours, we wait for LEFT, then close sockets."""
         if self._peer is not None and not self._closed:
@@ -247,13 +316,16 @@ class OverlayRuntime:
         if self._closed:
             return
         self._closed = True
-        tasks = [t for t in (self._timer, *self._tasks) if t is not None]
+        tasks = [t for t in (self._timer, self._flusher, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._links.close(flush=flush)
+        self._held.clear()
+        if self._flush_pool is not None:
+            self._flush_pool.shutdown(wait=True)
         for future in self._requests.values():
             if not future.done():
                 future.set_exception(OverlayRequestError("runtime closed"))
@@ -335,13 +407,53 @@ class OverlayRuntime:
         peer = self._peer
         if peer is None:
             return
+        replicator = self._replicator
         while actions := peer.take_actions():
-            for action in actions:
-                if isinstance(action, Send):
-                    self._send(action)
-                else:
-                    self._event(action)
+            wrote = replicator is not None and replicator.take_dirty()
+            if self._durable and (wrote or self._flusher is not None):
+                # Behind the barrier: out only after a flush that covers every write so far.
+                self._held.extend(actions)
+                self._flush_needed = self._flush_needed or wrote
+                if self._flusher is None:
+                    self._flusher = asyncio.create_task(self._flush_loop())
+                continue
+            self._execute(actions)
         self._rearm()
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(action)
+            else:
+                self._event(action)
+
+    async def _flush_loop(self) -> None:
+        """Flush, then release what waited for it; again while writes came in meanwhile."""
+        backend = self._backend
+        assert backend is not None
+        if self._flush_pool is None:
+            self._flush_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-flush")
+        loop = asyncio.get_running_loop()
+        try:
+            while self._held and not self._closed:
+                if not self._flush_needed:
+                    batch, self._held = self._held, []
+                    self._execute(batch)
+                    continue
+                batch, self._held = self._held, []
+                self._flush_needed = False
+                try:
+                    await loop.run_in_executor(self._flush_pool, backend.flush)
+                except Exception:
+                    # Not durable: these answers must not go out claiming it.
+                    self._counters["flush_errors"] += 1
+                    log.exception("flushing the record store failed; answers dropped")
+                    continue
+                self._counters["fsyncs"] += 1
+                self._execute(batch)
+        finally:
+            self._flusher = None
+            self._rearm()
 
     def _send(self, action: Send) -> None:
         try:

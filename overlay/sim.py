@@ -41,7 +41,24 @@ from overlay.actions import (
 from overlay.chord import ChordPeer
 from overlay.config import ChordConfig
 from overlay.ids import MASK
-from overlay.messages import ErrorResponse, FetchAns, FetchReq, Message, ResourceDestination
+from overlay.messages import (
+    Destination,
+    ErrorCode,
+    ErrorResponse,
+    FetchAns,
+    FetchReq,
+    Message,
+    MessageBody,
+    NodeDestination,
+    ResourceDestination,
+    StoreAns,
+    StoredData,
+    StoredDataSpecifier,
+    StoreKindData,
+    StoreReq,
+)
+from overlay.replication import NOT_RESPONSIBLE, Replicator
+from overlay.replication_backend import RecordBackend, ReplicationConfig
 
 _DELIVER, _TIMER, _LINK_FAILED, _CALL = range(4)
 
@@ -49,12 +66,24 @@ _DELIVER, _TIMER, _LINK_FAILED, _CALL = range(4)
 class SimNode:
     """One simulated process: a peer, its address and its links."""
 
-    __slots__ = ("address", "alive", "group", "links", "node_id", "peer", "timer_at")
+    __slots__ = (
+        "address",
+        "alive",
+        "backend",
+        "group",
+        "links",
+        "node_id",
+        "peer",
+        "replicator",
+        "timer_at",
+    )
 
     def __init__(self, node_id: int, address: Address, peer: ChordPeer) -> None:
         self.node_id = node_id
         self.address = address
         self.peer = peer
+        self.backend: RecordBackend | None = None
+        self.replicator: Replicator | None = None
         self.alive = True
         self.links: set[int] = set()
         self.timer_at = math.inf
@@ -80,6 +109,48 @@ class Lookup:
             and self.delivered_at is not None
             and self.delivered_at == self.responsible
         )
+
+
+@dataclass(eq=False)
+class ClientOp:
+    """A Store or Fetch a test issued through the ring (``Simulation.put`` / ``get``).
+
+    Retried (same origin, new transaction) while the answer says In_Progress or "not
+    responsible", or the request failed, up to ``max_attempts``."""
+
+    origin: int
+    body: StoreReq | FetchReq
+    started: float
+    max_attempts: int = 20
+    to: int | None = None  # send to this node id instead of routing to the resource
+    attempts: int = 0
+    done: bool = False
+    answer: MessageBody | None = None
+    finished: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.done and isinstance(self.answer, StoreAns | FetchAns)
+
+    @property
+    def error_code(self) -> int | None:
+        return self.answer.error_code if isinstance(self.answer, ErrorResponse) else None
+
+    def values(self) -> dict[bytes, bytes]:
+        """A fetch's live dictionary entries (all kinds merged)."""
+        out: dict[bytes, bytes] = {}
+        if isinstance(self.answer, FetchAns):
+            for kr in self.answer.kind_responses:
+                for sd in kr.values:
+                    out[sd.key] = sd.value
+        return out
+
+    def generation(self, kind: int) -> int | None:
+        if isinstance(self.answer, FetchAns):
+            for kr in self.answer.kind_responses:
+                if kr.kind == kind:
+                    return kr.generation
+        return None
 
 
 @dataclass
@@ -112,7 +183,16 @@ class Simulation:
         loss: float = 0.0,
         silent_failures: bool = False,
         use_codec: bool = False,
+        backend_factory: Callable[[int], RecordBackend] | None = None,
+        replication: ReplicationConfig | None = None,
     ) -> None:
+        """``backend_factory(node_id)`` gives every peer started a record store (the same
+        directory again for a restarted id, as a real node restarts on its data dir) and a
+        ``Replicator`` driving it with ``replication``."""
+        self.backend_factory = backend_factory
+        self.replication = replication
+        self.ops: dict[tuple[int, int], ClientOp] = {}
+        self._store_clock = 0
         self.rng = random.Random(seed)
         self.config = config or ChordConfig()
         self.latency = latency
@@ -163,6 +243,9 @@ class Simulation:
             self._next_port += 1
         peer = ChordPeer(node_id, address, self.config, random.Random(self.rng.getrandbits(64)))
         node = SimNode(node_id, address, peer)
+        if self.backend_factory is not None:
+            node.backend = self.backend_factory(node_id)
+            node.replicator = Replicator(peer, node.backend, self.replication, now=self.now)
         self.nodes[node_id] = node
         self.by_address[address] = node
         if bootstrap is None:
@@ -182,6 +265,8 @@ class Simulation:
             return
         node.alive = False
         self._ring_remove(node_id)
+        if node.backend is not None:
+            node.backend.close()  # the process is gone; a restart reopens its directory
         if not self.silent_failures:
             for other in node.links:
                 peer_node = self.nodes.get(other)
@@ -327,6 +412,128 @@ class Simulation:
         self.messages = {}
         self.messages_total = 0
 
+    # ------------------------------------------------------------------ records
+    def store_time(self) -> int:
+        """A storage_time (ms) later than every one handed out before: a writer's clock."""
+        self._store_clock = max(self._store_clock + 1, int(self.now * 1000))
+        return self._store_clock
+
+    def put(
+        self,
+        origin: int,
+        resource: int,
+        kind: int,
+        key: bytes,
+        value: bytes,
+        *,
+        exists: bool = True,
+        lifetime: int = 86_400,
+        generation: int = 0,
+        storage_time: int | None = None,
+        max_attempts: int = 20,
+        to: int | None = None,
+    ) -> ClientOp:
+        """Start an original Store of one dictionary entry from ``origin`` through the ring."""
+        entry = StoredData(
+            self.store_time() if storage_time is None else storage_time,
+            lifetime,
+            key,
+            value,
+            exists,
+        )
+        body = StoreReq(resource & MASK, 0, (StoreKindData(kind, generation, (entry,)),))
+        op = ClientOp(origin, body, self.now, max_attempts, to)
+        self._issue(op)
+        return op
+
+    def get(self, origin: int, resource: int, kind: int, keys: tuple[bytes, ...] = ()) -> ClientOp:
+        """Start a Fetch of ``kind`` (``keys``, or all) at ``resource`` from ``origin``."""
+        body = FetchReq(resource & MASK, (StoredDataSpecifier(kind, 0, keys),))
+        op = ClientOp(origin, body, self.now)
+        self._issue(op)
+        return op
+
+    def wait(self, ops: Sequence[ClientOp], timeout: float, step: float = 0.05) -> bool:
+        """Run until every op is done; False if ``timeout`` virtual seconds pass first."""
+        end = self.now + timeout
+        while not all(op.done for op in ops):
+            if self.now >= end:
+                return False
+            self.run_until(min(end, self.now + step))
+        return True
+
+    def store(self, origin: int, resource: int, kind: int, key: bytes, value: bytes) -> ClientOp:
+        op = self.put(origin, resource, kind, key, value)
+        self.wait([op], 60.0)
+        return op
+
+    def fetch(
+        self, origin: int, resource: int, kind: int, keys: tuple[bytes, ...] = ()
+    ) -> ClientOp:
+        op = self.get(origin, resource, kind, keys)
+        self.wait([op], 60.0)
+        return op
+
+    def holdings(self) -> dict[tuple[int, int, bytes], list[tuple[int, int, bool, bytes]]]:
+        """What the live peers hold: (resource, kind, key) -> [(node, storage_time, exists,
+        value)], tombstones included, expired records left out."""
+        now_ms = int(self.now * 1000)
+        out: dict[tuple[int, int, bytes], list[tuple[int, int, bool, bytes]]] = {}
+        for node_id in self.live_ids():
+            backend = self.nodes[node_id].backend
+            if backend is None:
+                continue
+            for rec in backend.scan_range(0, 0, now_ms):
+                out.setdefault((rec.resource, rec.kind, rec.key), []).append(
+                    (node_id, rec.storage_time, rec.exists, rec.value)
+                )
+        return out
+
+    def copies(self, resource: int, kind: int, key: bytes) -> list[tuple[int, bytes]]:
+        """(node, value) of every live peer holding an existing value of this entry."""
+        now_ms = int(self.now * 1000)
+        spec = (StoredDataSpecifier(kind, 0, (key,)),)
+        out: list[tuple[int, bytes]] = []
+        for node_id in self.live_ids():
+            backend = self.nodes[node_id].backend
+            if backend is None:
+                continue
+            for kr in backend.fetch(resource, spec, now_ms):
+                out.extend((node_id, sd.value) for sd in kr.values)
+        return out
+
+    def replication_busy(self) -> bool:
+        return any(
+            n.replicator is not None and n.replicator.busy for n in self.nodes.values() if n.alive
+        )
+
+    def _issue(self, op: ClientOp) -> None:
+        node = self.nodes.get(op.origin)
+        op.attempts += 1
+        if node is None or not node.alive:
+            op.done, op.finished = True, self.now
+            return
+        dest: Destination = (
+            ResourceDestination(op.body.resource) if op.to is None else NodeDestination(op.to)
+        )
+        tid = node.peer.request([dest], op.body, self.now)
+        self.ops[(op.origin, tid)] = op
+        self._drain(node)
+
+    def _op_answered(self, op: ClientOp, body: MessageBody | None) -> None:
+        retry = body is None or (
+            isinstance(body, ErrorResponse)
+            and (
+                body.error_code == ErrorCode.IN_PROGRESS
+                or (body.error_code == ErrorCode.FORBIDDEN and body.text == NOT_RESPONSIBLE)
+            )
+        )
+        op.answer = body
+        if retry and op.attempts < op.max_attempts:
+            self.call_at(self.now + 0.25, lambda: self._issue(op))
+            return
+        op.done, op.finished = True, self.now
+
     # ------------------------------------------------------------------ internals
     def _push(self, when: float, kind: int, node: object, payload: object) -> None:
         self._seq += 1
@@ -354,6 +561,10 @@ class Simulation:
                 elif type(action) is AppRequest:
                     self._on_app_request(node, action)
                 elif type(action) is RequestCompleted:
+                    op = self.ops.pop((node.node_id, action.transaction_id), None)
+                    if op is not None:
+                        self._op_answered(op, action.response.body)
+                        continue
                     record = self.lookups.get((node.node_id, action.transaction_id))
                     if record is not None:
                         record.answered = True
@@ -362,6 +573,10 @@ class Simulation:
                             record.error = f"{body.error_code}: {body.text}"
 
                 elif type(action) is RequestFailed:
+                    op = self.ops.pop((node.node_id, action.transaction_id), None)
+                    if op is not None:
+                        self._op_answered(op, None)
+                        continue
                     record = self.lookups.get((node.node_id, action.transaction_id))
                     if record is not None:
                         record.failed = True

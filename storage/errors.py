@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from overlay.codec_bodies import encode_body
 from overlay.messages import ErrorCode, StoreAns, StoreKindResponse
+from overlay.replication_backend import StoreRejected
 
 
-class StoreError(Exception):
+class StoreError(StoreRejected):
     """A store refused as a whole (nothing of it was written), with the RELOAD error code.
 
     For Generation_Counter_Too_Low ``generations`` holds the current (kind, generation) of
@@ -24,10 +26,16 @@ class StoreError(Exception):
         unknown_kinds: tuple[int, ...] = (),
     ) -> None:
         super().__init__(f"{code.name}: {message}")
-        self.code = code
+        self.code: ErrorCode = code
         self.message = message
         self.generations = generations
         self.unknown_kinds = unknown_kinds
+        # what the ErrorResponse carries (RFC 6940 §7.4.1.1: the counters as a StoreAns)
+        self.info = (
+            encode_body(self.store_ans())[1]
+            if code is ErrorCode.GENERATION_COUNTER_TOO_LOW
+            else message.encode("utf-8")[:0xFFFF]
+        )
 
     def store_ans(self) -> StoreAns:
         return StoreAns(tuple(StoreKindResponse(k, g) for k, g in self.generations))

@@ -11,7 +11,7 @@ import struct
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Any, Final
 
 import msgpack
@@ -24,18 +24,12 @@ from overlay.messages import (
     StoredData,
     StoreKindResponse,
 )
+from overlay.replication_backend import Role as Role
 
 KIND: Final = struct.Struct(">I")
 U64: Final = struct.Struct(">Q")
 PREFIX_BYTES: Final = ID_BYTES + KIND.size  # resource ‖ kind
 MAX_U64: Final = (1 << 64) - 1
-
-
-class Role(IntEnum):
-    """Why this peer holds a record: it is responsible for it, or keeps a copy for one who is."""
-
-    PRIMARY = 1
-    REPLICA = 2
 
 
 class Durability(StrEnum):

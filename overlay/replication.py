@@ -1,0 +1,784 @@
+"""Replication and handoff of records (RFC 6940 §10.4, §10.5, §10.7) as a sans-I/O component.
+
+The ``Replicator`` is the data plane of one ``ChordPeer``: Store and Fetch requests delivered
+to the peer come here, its own requests go out through ``ChordPeer.request_internal`` and it
+is ticked with the peer. The record store is reached through ``RecordBackend`` (in practice a
+``storage.RecordStore``). No clock is read: times come in as ``now`` (seconds, monotonic) and
+become store times as ``(now + epoch_offset) * 1000`` ms.
+
+Rules (each one an answer to "how could an acknowledged write be lost?"):
+
+- Original store (replica_number 0): only the responsible peer takes it (else Forbidden, the
+  requester retries); while a handoff of its range is in flight (a join we admit, our own
+  leave) it answers In_Progress instead, so the owner never changes under an acknowledged
+  write. It writes locally as PRIMARY, sends replica stores (1, 2) carrying its new
+  generation counters to successors 1 and 2, and answers StoreAns listing the replicas that
+  acknowledged once all answered or ``replica_timeout`` passed: success with at least one
+  replica (or none to ask: a ring of one); Request_Timeout when none answered.
+- Copies (replica_number != 0: replica stores, handoffs, repairs): newer storage_time wins.
+  Roles follow responsibility: PRIMARY iff the resource is in (pred, self]. A peer that is
+  responsible for a copy it did not have (a handoff of garbage, a stale sender) replicates
+  the change onward.
+- Neighbour change (after ``settle`` s of quiet): roles are re-evaluated; if our range changed
+  or a successor among the first ``replicas`` is new, we synchronise with it by digest (below),
+  which pushes exactly what it lacks: a promoted range after a predecessor failed, or all our
+  primary records to a new replica.
+- Anti-entropy: every ``anti_entropy_interval`` s and on those changes, for each replica
+  successor: fetch its per-bucket digest of our primary range, then push our records of the
+  buckets that differ and pull theirs (applied newer-wins). Divergence costs only its buckets.
+- Join: the admission hook hands (start, joining] to the joining peer with Stores sent
+  straight to it; the peer admits it (sends the Update that makes it routable) once every one
+  is acknowledged or ``handoff_timeout`` passed.
+- Leave: the leave hook pushes every primary record to the successor and waits for the
+  answers (bounded) before the LeaveReqs go out.
+- Garbage: records outside (pred[replicas], self] — neither ours nor a copy for one of our
+  ``replicas`` predecessors — are stored (replica style, routed) to their responsible peer and
+  deleted once every one is acknowledged, after ``garbage_quiet`` s without neighbour change.
+- Fetch: answered from the local store by whichever peer the request is delivered to (routed
+  fetches reach the responsible peer; one addressed to a node id is answered by that node,
+  replica or not).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from overlay import replication_ae as ae
+from overlay.actions import PeerState
+from overlay.chord import ChordPeer
+from overlay.ids import in_open_closed
+from overlay.messages import (
+    Destination,
+    ErrorCode,
+    ErrorResponse,
+    FetchAns,
+    FetchKindResponse,
+    FetchReq,
+    Message,
+    MessageBody,
+    NodeDestination,
+    ResourceDestination,
+    StoreAns,
+    StoredData,
+    StoredDataSpecifier,
+    StoreKindData,
+    StoreKindResponse,
+    StoreReq,
+)
+from overlay.replication_backend import (
+    ANTI_ENTROPY_KIND,
+    RecordBackend,
+    ReplicationConfig,
+    Role,
+    StoredRecord,
+    StoreRejected,
+    StoreResult,
+)
+
+INF = math.inf
+NOT_RESPONSIBLE = "not responsible"
+
+Callback = Callable[[Message | None, float], None]
+
+__all__ = [
+    "ANTI_ENTROPY_KIND",
+    "NOT_RESPONSIBLE",
+    "RecordBackend",
+    "ReplicationConfig",
+    "Replicator",
+    "Role",
+    "StoreRejected",
+]
+
+
+@dataclass(eq=False)
+class _Original:
+    request: Message
+    generations: tuple[tuple[int, int], ...]
+    targets: int
+    pending: int
+    acked: list[int] = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Handoff:
+    to: int
+    lo: int
+    hi: int
+    outstanding: int
+    failed: int = 0
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Sync:
+    to: int
+    number: int
+    lo: int
+    hi: int
+    buckets: int
+    outstanding: int = 0
+
+
+def _responder(message: Message) -> int | None:
+    via = message.header.via_list
+    if via and isinstance(via[0], NodeDestination):
+        return via[0].node_id
+    return None
+
+
+class Replicator:
+    """The data plane of ``peer``; attaches itself (Store/Fetch, hooks, timers) on creation.
+
+    ``now`` is the peer's clock at creation; ``epoch_offset`` turns it into wall-clock time
+    for the store (the runtime passes ``time.time() - time.monotonic()``; the simulator 0).
+    """
+
+    def __init__(
+        self,
+        peer: ChordPeer,
+        backend: RecordBackend,
+        config: ReplicationConfig | None = None,
+        *,
+        now: float = 0.0,
+        epoch_offset: float = 0.0,
+    ) -> None:
+        self.peer = peer
+        self.backend = backend
+        self.config = config or ReplicationConfig()
+        self._offset = epoch_offset
+        self._me = peer.node_id
+        self._waiting: dict[int, Callback] = {}
+        self._early: dict[int, Message | None] = {}
+        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        self._seq = 0
+        self._queue: deque[tuple[tuple[Destination, ...], StoreReq, Callback]] = deque()
+        self._in_flight = 0
+        self._handoffs: dict[int, _Handoff] = {}  # joining id -> its handoff
+        self._leave: _Handoff | None = None
+        self._range: tuple[int, int] | None = None
+        self._succs: tuple[int, ...] = ()
+        self._last_change = -INF
+        self._syncs: dict[int, _Sync] = {}
+        self._resync: set[int] = set()
+        self._garbage_busy = False
+        self._dirty = False
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "stores_original",
+                "stores_copy",
+                "fetches",
+                "replicas_acked",
+                "replicas_missing",
+                "rejected_in_progress",
+                "rejected_not_responsible",
+                "rejected_store",
+                "promoted",
+                "sync_rounds",
+                "sync_buckets_differing",
+                "sync_records_pushed",
+                "sync_records_pulled",
+                "handoff_records",
+                "leave_records",
+                "garbage_records",
+                "garbage_deleted",
+                "forwarded",
+                "swept",
+            ),
+            0,
+        )
+        peer.attach_data_plane(self)
+        peer.admission_hook = self._admission
+        peer.leave_hook = self._leave_hook
+        spread = (self._me % 1000) / 1000.0  # peers' periodic rounds do not all coincide
+        cfg = self.config
+        self._at(now + cfg.anti_entropy_interval * (0.5 + spread / 2), self._ae_round)
+        self._at(now + cfg.garbage_interval * (0.5 + spread / 2), self._garbage_round)
+        self._at(now + cfg.sweep_interval * spread, self._sweep_round)
+
+    # ------------------------------------------------------------------ queries
+    def ms(self, now: float) -> int:
+        """Store time (ms since the epoch) at ``now``."""
+        return int((now + self._offset) * 1000)
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """(primary, replica): live values held in each role."""
+        ms = self.ms(now)
+        b = self.backend
+        return b.count(Role.PRIMARY, now_ms=ms), b.count(Role.REPLICA, now_ms=ms)
+
+    def take_dirty(self) -> bool:
+        """Whether the store was written since the last call (the runtime's durability
+        barrier: it flushes before sending what was produced after a write)."""
+        dirty = self._dirty
+        self._dirty = False
+        return dirty
+
+    @property
+    def busy(self) -> bool:
+        """Bulk transfers or synchronisations in flight (for tests and metrics)."""
+        return bool(self._queue or self._in_flight or self._syncs or self._garbage_busy)
+
+    # ------------------------------------------------------------------ DataPlane
+    def on_request(self, message: Message, now: float) -> None:
+        body = message.body
+        if isinstance(body, FetchReq):
+            self._on_fetch(message, body, now)
+        elif isinstance(body, StoreReq):
+            if body.replica_number == 0:
+                self._on_original(message, body, now)
+            else:
+                self._on_copy(message, body, now)
+
+    def on_answer(self, transaction_id: int, message: Message, now: float) -> None:
+        cb = self._waiting.pop(transaction_id, None)
+        if cb is None:
+            self._early[transaction_id] = message
+            return
+        cb(message, now)
+
+    def on_failed(self, transaction_id: int, reason: str, now: float) -> None:
+        cb = self._waiting.pop(transaction_id, None)
+        if cb is None:
+            self._early[transaction_id] = None
+            return
+        cb(None, now)
+
+    def on_neighbors(self, now: float) -> None:
+        self._last_change = now
+        self._at(now + self.config.settle, self._evaluate_when_quiet)
+
+    def next_deadline(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def tick(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, fn = heapq.heappop(timers)
+            fn(now)
+
+    # ------------------------------------------------------------------ plumbing
+    def _at(self, when: float, fn: Callable[[float], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, fn))
+
+    def _send(
+        self, dests: tuple[Destination, ...], body: MessageBody, now: float, cb: Callback
+    ) -> None:
+        tid = self.peer.request_internal(dests, body, now)
+        if tid is None:
+            self._at(now, lambda t: cb(None, t))
+            return
+        if tid in self._early:
+            early = self._early.pop(tid)
+            self._at(now, lambda t: cb(early, t))
+            return
+        self._waiting[tid] = cb
+
+    def _enqueue(self, dests: tuple[Destination, ...], req: StoreReq, cb: Callback) -> None:
+        self._queue.append((dests, req, cb))
+
+    def _pump(self, now: float) -> None:
+        limit = self.config.max_in_flight
+        while self._queue and self._in_flight < limit:
+            dests, req, cb = self._queue.popleft()
+            self._in_flight += 1
+            self._send(dests, req, now, self._bulk_done(cb))
+
+    def _bulk_done(self, cb: Callback) -> Callback:
+        def done(message: Message | None, now: float) -> None:
+            self._in_flight -= 1
+            cb(message, now)
+            self._pump(now)
+
+        return done
+
+    def _respond(self, request: Message, body: MessageBody, now: float) -> None:
+        if self.peer.state is not PeerState.LEFT:
+            self.peer.respond(request, body, now)
+
+    def _error(self, request: Message, code: int, text: str, now: float) -> None:
+        self._respond(request, ErrorResponse(code, text.encode("utf-8")), now)
+
+    def _in_handoff(self, resource: int) -> bool:
+        return any(in_open_closed(resource, h.lo, h.hi) for h in self._handoffs.values())
+
+    def _apply(self, req: StoreReq, now: float, role: Role) -> StoreResult:
+        result = self.backend.apply_store(req, self.ms(now), role)
+        self._dirty = True
+        return result
+
+    def _requests_for(self, records: Iterable[StoredRecord], number: int) -> list[StoreReq]:
+        """Replica-style StoreReqs for ``records`` (in ring order), one resource each."""
+        reqs: list[StoreReq] = []
+        batch = self.config.batch_values
+        resource: int | None = None
+        kinds: dict[int, list[StoredData]] = {}
+        count = 0
+
+        def flush() -> None:
+            if resource is None or not kinds:
+                return
+            gen = self.backend.generation
+            reqs.append(
+                StoreReq(
+                    resource,
+                    number,
+                    tuple(StoreKindData(k, gen(resource, k), tuple(v)) for k, v in kinds.items()),
+                )
+            )
+
+        for rec in records:
+            if rec.resource != resource or count >= batch:
+                flush()
+                resource, kinds, count = rec.resource, {}, 0
+            kinds.setdefault(rec.kind, []).append(rec.stored_data())
+            count += 1
+        flush()
+        return reqs
+
+    # ------------------------------------------------------------------ fetch
+    def _on_fetch(self, message: Message, req: FetchReq, now: float) -> None:
+        specs = req.specifiers
+        if specs and specs[0].kind == ANTI_ENTROPY_KIND:
+            self._respond(message, self._anti_entropy_answer(specs[0], now), now)
+            return
+        self.counters["fetches"] += 1
+        answer: MessageBody
+        try:
+            answer = FetchAns(self.backend.fetch(req.resource, specs, self.ms(now)))
+        except StoreRejected as exc:
+            answer = ErrorResponse(exc.code, exc.info)
+        self._respond(message, answer, now)
+
+    def _anti_entropy_answer(self, spec: StoredDataSpecifier, now: float) -> MessageBody:
+        ms = self.ms(now)
+        values: list[StoredData] = []
+        try:
+            queries = [ae.parse_query(k) for k in spec.keys]
+        except ValueError as exc:
+            return ErrorResponse(ErrorCode.INVALID_MESSAGE, f"anti-entropy: {exc}".encode())
+        for q in queries:
+            if q.type == ae.DIGEST:
+                hashes = self.backend.digest(q.lo, q.hi, q.buckets, ms)
+                key = ae.digest_query(q.lo, q.hi, q.buckets)
+                values.append(StoredData(0, 0, key, b"".join(hashes)))
+            else:
+                for rec in self.backend.records_in_bucket(q.lo, q.hi, q.buckets, q.index, ms):
+                    values.append(
+                        StoredData(
+                            rec.storage_time,
+                            rec.lifetime,
+                            ae.record_key(rec.resource, rec.kind, rec.key),
+                            rec.value,
+                            rec.exists,
+                            rec.signature,
+                        )
+                    )
+        return FetchAns((FetchKindResponse(ANTI_ENTROPY_KIND, 0, tuple(values)),))
+
+    # ------------------------------------------------------------------ stores
+    def _on_original(self, message: Message, req: StoreReq, now: float) -> None:
+        peer = self.peer
+        state = peer.state
+        if state is PeerState.LEAVING or state is PeerState.JOINING or self._leave is not None:
+            self.counters["rejected_in_progress"] += 1
+            self._error(message, ErrorCode.IN_PROGRESS, "handing data over, retry", now)
+            return
+        if state is not PeerState.JOINED or not peer.is_responsible(req.resource):
+            self.counters["rejected_not_responsible"] += 1
+            self._error(message, ErrorCode.FORBIDDEN, NOT_RESPONSIBLE, now)
+            return
+        if self._in_handoff(req.resource):
+            self.counters["rejected_in_progress"] += 1
+            self._error(message, ErrorCode.IN_PROGRESS, "range being handed to a joining peer", now)
+            return
+        try:
+            outcome = self._apply(req, now, Role.PRIMARY)
+        except StoreRejected as exc:
+            self.counters["rejected_store"] += 1
+            self._respond(message, ErrorResponse(exc.code, exc.info), now)
+            return
+        except Exception as exc:  # e.g. the map is full: refused, never silently dropped
+            self.counters["rejected_store"] += 1
+            self._error(message, ErrorCode.DATA_TOO_LARGE, f"store failed: {exc}", now)
+            return
+        self.counters["stores_original"] += 1
+        targets = peer.successors[: self.config.replicas]
+        op = _Original(message, outcome.generations, len(targets), len(targets))
+        if not targets:
+            self._finish_original(op, now)
+            return
+        gens = dict(outcome.generations)
+        for number, succ in enumerate(targets, start=1):
+            copy = StoreReq(
+                req.resource,
+                number,
+                tuple(
+                    StoreKindData(kd.kind, gens.get(kd.kind, 0), kd.values) for kd in req.kind_data
+                ),
+            )
+            self._send((NodeDestination(succ),), copy, now, self._replica_answer(op))
+        self._at(now + self.config.replica_timeout, lambda t: self._finish_original(op, t))
+
+    def _replica_answer(self, op: _Original) -> Callback:
+        def answered(message: Message | None, now: float) -> None:
+            op.pending -= 1
+            if message is not None and isinstance(message.body, StoreAns):
+                who = _responder(message)
+                if who is not None and who not in op.acked:
+                    op.acked.append(who)
+            if op.pending <= 0:
+                self._finish_original(op, now)
+
+        return answered
+
+    def _finish_original(self, op: _Original, now: float) -> None:
+        if op.done:
+            return
+        op.done = True
+        self.counters["replicas_acked"] += len(op.acked)
+        self.counters["replicas_missing"] += op.targets - len(op.acked)
+        if op.targets and not op.acked:
+            self._error(op.request, ErrorCode.REQUEST_TIMEOUT, "no replica acknowledged", now)
+            return
+        replicas = tuple(op.acked)
+        answer = StoreAns(tuple(StoreKindResponse(k, g, replicas) for k, g in op.generations))
+        self._respond(op.request, answer, now)
+
+    def _on_copy(self, message: Message, req: StoreReq, now: float) -> None:
+        peer = self.peer
+        state = peer.state
+        if state is PeerState.LEAVING or self._leave is not None:
+            self.counters["rejected_in_progress"] += 1
+            self._error(message, ErrorCode.IN_PROGRESS, "leaving", now)
+            return
+        if (
+            state is PeerState.JOINED
+            and peer.is_responsible(req.resource)
+            and self._in_handoff(req.resource)
+        ):
+            self.counters["rejected_in_progress"] += 1
+            self._error(message, ErrorCode.IN_PROGRESS, "range being handed to a joining peer", now)
+            return
+        try:
+            outcome = self._apply_copy(req, now)
+        except StoreRejected as exc:
+            self.counters["rejected_store"] += 1
+            self._respond(message, ErrorResponse(exc.code, exc.info), now)
+            return
+        except Exception as exc:
+            self.counters["rejected_store"] += 1
+            self._error(message, ErrorCode.DATA_TOO_LARGE, f"store failed: {exc}", now)
+            return
+        answer = StoreAns(tuple(StoreKindResponse(k, g) for k, g in outcome.generations))
+        self._respond(message, answer, now)
+
+    def _apply_copy(self, req: StoreReq, now: float) -> StoreResult:
+        """Apply a replica-style store newer-wins; as the responsible peer, pass changes on."""
+        peer = self.peer
+        primary = peer.state is PeerState.JOINED and peer.is_responsible(req.resource)
+        outcome = self._apply(req, now, Role.PRIMARY if primary else Role.REPLICA)
+        self.counters["stores_copy"] += 1
+        if primary and outcome.changed:
+            gens = dict(outcome.generations)
+            for number, succ in enumerate(peer.successors[: self.config.replicas], start=1):
+                copy = StoreReq(
+                    req.resource,
+                    number,
+                    tuple(
+                        StoreKindData(kd.kind, gens.get(kd.kind, 0), kd.values)
+                        for kd in req.kind_data
+                    ),
+                )
+                self.counters["forwarded"] += 1
+                self._enqueue((NodeDestination(succ),), copy, _ignore)
+            self._pump(now)
+        return outcome
+
+    # ------------------------------------------------------------------ join and leave
+    def _admission(self, joining: int, start: int, end: int) -> bool:
+        now = self.peer.input_time
+        if joining in self._handoffs:
+            return False  # a JoinReq again while its handoff runs
+        reqs = list(
+            self.backend.store_reqs(
+                start, end, self.ms(now), 1, max_values=self.config.batch_values
+            )
+        )
+        if not reqs:
+            return True
+        handoff = _Handoff(joining, start, end, len(reqs))
+        self._handoffs[joining] = handoff
+        for req in reqs:
+            self.counters["handoff_records"] += sum(len(kd.values) for kd in req.kind_data)
+            self._enqueue((NodeDestination(joining),), req, self._handoff_answer(handoff))
+        self._pump(now)
+        self._at(now + self.config.handoff_timeout, lambda t: self._admit(handoff, t))
+        return False
+
+    def _handoff_answer(self, handoff: _Handoff) -> Callback:
+        def answered(message: Message | None, now: float) -> None:
+            handoff.outstanding -= 1
+            if message is None or not isinstance(message.body, StoreAns):
+                handoff.failed += 1
+            if handoff.outstanding <= 0:
+                # Admitted from a timer: never from inside the peer's own answer handling.
+                self._at(now, lambda t: self._admit(handoff, t))
+
+        return answered
+
+    def _admit(self, handoff: _Handoff, now: float) -> None:
+        if handoff.done:
+            return
+        handoff.done = True
+        if self._handoffs.get(handoff.to) is handoff:
+            del self._handoffs[handoff.to]
+        self.peer.admit(handoff.to, now)
+
+    def _leave_hook(self, successor: int | None) -> bool:
+        now = self.peer.input_time
+        span = self.peer.responsible_range()
+        if successor is None or span is None:
+            return True
+        lo, me = span
+        reqs = list(
+            self.backend.store_reqs(lo, me, self.ms(now), 1, max_values=self.config.batch_values)
+        )
+        if not reqs:
+            return True
+        leave = _Handoff(successor, lo, me, len(reqs))
+        self._leave = leave
+        for req in reqs:
+            self.counters["leave_records"] += sum(len(kd.values) for kd in req.kind_data)
+            self._enqueue((NodeDestination(successor),), req, self._leave_answer(leave))
+        self._pump(now)
+        self._at(now + self.config.handoff_timeout, lambda t: self._proceed_leave(leave, t))
+        return False
+
+    def _leave_answer(self, leave: _Handoff) -> Callback:
+        def answered(message: Message | None, now: float) -> None:
+            leave.outstanding -= 1
+            if message is None or not isinstance(message.body, StoreAns):
+                leave.failed += 1
+            if leave.outstanding <= 0:
+                self._at(now, lambda t: self._proceed_leave(leave, t))
+
+        return answered
+
+    def _proceed_leave(self, leave: _Handoff, now: float) -> None:
+        if leave.done:
+            return
+        leave.done = True
+        self.peer.proceed_leave(now)
+
+    # ------------------------------------------------------------------ neighbour changes
+    def _evaluate_when_quiet(self, now: float) -> None:
+        if now + 1e-9 < self._last_change + self.config.settle:
+            return  # a later change scheduled its own evaluation
+        self._evaluate(now)
+
+    def _evaluate(self, now: float) -> None:
+        peer = self.peer
+        if peer.state is not PeerState.JOINED:
+            return
+        span = peer.responsible_range()
+        if span is None:
+            return
+        lo, me = span
+        b = self.backend
+        promoted = b.set_role_range(lo, me, Role.PRIMARY)
+        if lo != me and b.set_role_range(me, lo, Role.REPLICA):
+            self._dirty = True
+        if promoted:
+            self._dirty = True
+            self.counters["promoted"] += promoted
+        succs = tuple(peer.successors[: self.config.replicas])
+        old_range, old_succs = self._range, self._succs
+        self._range, self._succs = span, succs
+        for number, succ in enumerate(succs, start=1):
+            if span != old_range or succ not in old_succs:
+                self._start_sync(succ, number, now)
+
+    # ------------------------------------------------------------------ anti-entropy
+    def _ae_round(self, now: float) -> None:
+        self._at(now + self.config.anti_entropy_interval, self._ae_round)
+        if self.peer.state is not PeerState.JOINED:
+            return
+        if now >= self._last_change + self.config.settle:
+            self._evaluate(now)
+        if self._range is None:
+            return
+        for number, succ in enumerate(self._succs, start=1):
+            self._start_sync(succ, number, now)
+
+    def _start_sync(self, to: int, number: int, now: float) -> None:
+        if self._range is None:
+            return
+        if to in self._syncs:
+            self._resync.add(to)
+            return
+        lo, hi = self._range
+        sync = _Sync(to, number, lo, hi, self.config.anti_entropy_buckets)
+        self._syncs[to] = sync
+        self.counters["sync_rounds"] += 1
+        query = ae.digest_query(lo, hi, sync.buckets)
+        body = FetchReq(hi, (StoredDataSpecifier(ANTI_ENTROPY_KIND, 0, (query,)),))
+        sync.outstanding = 1
+        self._send((NodeDestination(to),), body, now, self._digest_answer(sync))
+
+    def _digest_answer(self, sync: _Sync) -> Callback:
+        def answered(message: Message | None, now: float) -> None:
+            sync.outstanding -= 1
+            theirs = _hashes(message, sync.buckets)
+            if theirs is None or self._range != (sync.lo, sync.hi):
+                self._end_sync(sync, now, again=theirs is not None)
+                return
+            ms = self.ms(now)
+            ours = self.backend.digest(sync.lo, sync.hi, sync.buckets, ms)
+            differ = [i for i in range(sync.buckets) if ours[i] != theirs[i]]
+            self.counters["sync_buckets_differing"] += len(differ)
+            dest = (NodeDestination(sync.to),)
+            for i in differ:
+                records = self.backend.records_in_bucket(sync.lo, sync.hi, sync.buckets, i, ms)
+                self.counters["sync_records_pushed"] += len(records)
+                for req in self._requests_for(records, sync.number):
+                    sync.outstanding += 1
+                    self._enqueue(dest, req, self._sync_step(sync))
+            step = max(1, self.config.buckets_per_pull)
+            for j in range(0, len(differ), step):
+                keys = tuple(
+                    ae.bucket_query(sync.lo, sync.hi, sync.buckets, i) for i in differ[j : j + step]
+                )
+                body = FetchReq(sync.hi, (StoredDataSpecifier(ANTI_ENTROPY_KIND, 0, keys),))
+                sync.outstanding += 1
+                self._send(dest, body, now, self._pulled(sync))
+            self._pump(now)
+            if sync.outstanding == 0:
+                self._end_sync(sync, now)
+
+        return answered
+
+    def _sync_step(self, sync: _Sync) -> Callback:
+        def answered(message: Message | None, now: float) -> None:
+            sync.outstanding -= 1
+            if sync.outstanding == 0:
+                self._end_sync(sync, now)
+
+        return answered
+
+    def _pulled(self, sync: _Sync) -> Callback:
+        def answered(message: Message | None, now: float) -> None:
+            sync.outstanding -= 1
+            if message is not None and isinstance(message.body, FetchAns):
+                self._apply_pulled(message.body, now)
+            if sync.outstanding == 0:
+                self._end_sync(sync, now)
+
+        return answered
+
+    def _apply_pulled(self, body: FetchAns, now: float) -> None:
+        by_resource: dict[int, dict[int, list[StoredData]]] = {}
+        for kr in body.kind_responses:
+            if kr.kind != ANTI_ENTROPY_KIND:
+                continue
+            for sd in kr.values:
+                try:
+                    resource, kind, key = ae.parse_record_key(sd.key)
+                except ValueError:
+                    continue
+                entry = StoredData(
+                    sd.storage_time, sd.lifetime, key, sd.value, sd.exists, sd.signature
+                )
+                by_resource.setdefault(resource, {}).setdefault(kind, []).append(entry)
+        for resource, kinds in by_resource.items():
+            req = StoreReq(
+                resource, 1, tuple(StoreKindData(k, 0, tuple(v)) for k, v in kinds.items())
+            )
+            self.counters["sync_records_pulled"] += sum(len(v) for v in kinds.values())
+            try:
+                self._apply_copy(req, now)
+            except Exception:  # one bad record must not stop the repair
+                continue
+
+    def _end_sync(self, sync: _Sync, now: float, *, again: bool = False) -> None:
+        if self._syncs.get(sync.to) is not sync:
+            return
+        del self._syncs[sync.to]
+        if sync.to in self._resync or again:
+            self._resync.discard(sync.to)
+            if sync.to in self._succs:
+                number = self._succs.index(sync.to) + 1
+                self._at(now, lambda t: self._start_sync(sync.to, number, t))
+
+    # ------------------------------------------------------------------ garbage and expiry
+    def _garbage_round(self, now: float) -> None:
+        cfg = self.config
+        self._at(now + cfg.garbage_interval, self._garbage_round)
+        peer = self.peer
+        if self._garbage_busy or peer.state is not PeerState.JOINED or self._range is None:
+            return
+        if now < self._last_change + cfg.garbage_quiet:
+            return
+        preds = peer.predecessors
+        if len(preds) <= cfg.replicas:
+            return  # a ring this small: every peer keeps every range
+        keep_lo = preds[cfg.replicas]
+        me = self._me
+        reqs = list(self.backend.store_reqs(me, keep_lo, self.ms(now), 1))
+        if not reqs:
+            return
+        self._garbage_busy = True
+        state = _Handoff(keep_lo, me, keep_lo, len(reqs))
+        for req in reqs:
+            self.counters["garbage_records"] += sum(len(kd.values) for kd in req.kind_data)
+            self._enqueue((ResourceDestination(req.resource),), req, self._garbage_answer(state))
+        self._pump(now)
+
+    def _garbage_answer(self, state: _Handoff) -> Callback:
+        def answered(message: Message | None, now: float) -> None:
+            state.outstanding -= 1
+            if message is None or not isinstance(message.body, StoreAns):
+                state.failed += 1
+            if state.outstanding > 0:
+                return
+            self._garbage_busy = False
+            preds = self.peer.predecessors
+            r = self.config.replicas
+            if state.failed or len(preds) <= r or preds[r] != state.to:
+                return  # try again next round, with the view of then
+            deleted = self.backend.delete_range(state.lo, state.hi)
+            self._dirty = True
+            self.counters["garbage_deleted"] += deleted
+
+        return answered
+
+    def _sweep_round(self, now: float) -> None:
+        cfg = self.config
+        removed = self.backend.sweep(self.ms(now), cfg.sweep_limit)
+        if removed:
+            self._dirty = True
+            self.counters["swept"] += removed
+        busy = removed >= cfg.sweep_limit
+        self._at(now + (0.05 if busy else cfg.sweep_interval), self._sweep_round)
+
+
+def _ignore(message: Message | None, now: float) -> None:
+    return None
+
+
+def _hashes(message: Message | None, buckets: int) -> Sequence[bytes] | None:
+    if message is None or not isinstance(message.body, FetchAns):
+        return None
+    for kr in message.body.kind_responses:
+        if kr.kind == ANTI_ENTROPY_KIND and kr.values:
+            raw = kr.values[0].value
+            if len(raw) != buckets * ae.HASH_BYTES:
+                return None
+            return [raw[i * ae.HASH_BYTES : (i + 1) * ae.HASH_BYTES] for i in range(buckets)]
+    return None

@@ -1,0 +1,156 @@
+"""The replicator under the asyncio runtime: 3 in-process peers on 127.0.0.1 with real LMDB
+stores; the durability barrier (no StoreAns before its data is flushed; one flush for many
+stores)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from test_runtime import CONFIG, LINKS, responsible, wait_for
+
+from overlay.actions import PeerState
+from overlay.messages import (
+    FetchAns,
+    FetchReq,
+    StoreAns,
+    StoredData,
+    StoredDataSpecifier,
+    StoreKindData,
+    StoreReq,
+)
+from overlay.replication_backend import ReplicationConfig, Role
+from overlay.runtime import OverlayRuntime
+from storage import KindLimits, RecordStore, StoreOutcome
+
+KIND = 0xF0000001
+
+
+class WatchedStore(RecordStore):
+    """A RecordStore that remembers which commit made each resource durable (for the test's
+    check that no answer goes out before the flush covering its write)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, {KIND: KindLimits()}, durability="async")
+        self.commit_of: dict[int, int] = {}
+        self.flushed_seq = 0
+        self.flushes = 0
+
+    def apply_store(self, req: StoreReq, now_ms: int, role: Role) -> StoreOutcome:
+        outcome = super().apply_store(req, now_ms, role)
+        self.commit_of[req.resource] = outcome.commit_seq
+        return outcome
+
+    def flush(self) -> None:
+        seq = self.committed_seq  # every commit up to here has returned
+        super().flush()
+        self.flushes += 1
+        self.flushed_seq = max(self.flushed_seq, seq)
+
+
+@pytest.fixture
+async def runtimes(tmp_path: Path) -> AsyncIterator[list[tuple[OverlayRuntime, WatchedStore]]]:
+    made: list[tuple[OverlayRuntime, WatchedStore]] = []
+    yield made
+    for rt, store in made:
+        await rt.close()
+        store.close()
+
+
+async def start_ring(
+    made: list[tuple[OverlayRuntime, WatchedStore]], tmp_path: Path, durability: str
+) -> None:
+    rng = random.Random(5)
+    seed_address = None
+    for i in range(3):
+        store = WatchedStore(tmp_path / f"n{i}")
+        rt = OverlayRuntime(
+            node_id=rng.getrandbits(128),
+            config=CONFIG,
+            host="127.0.0.1",
+            port=0,
+            rng=random.Random(i),
+            link_config=LINKS,
+            backend=store,
+            durability=durability,
+            replication=ReplicationConfig(anti_entropy_interval=5.0),
+        )
+        made.append((rt, store))
+        address = await rt.start([] if seed_address is None else [seed_address])
+        seed_address = seed_address or address
+        await rt.wait_state(PeerState.JOINED, 10.0)
+
+    def consistent() -> bool:
+        return all(
+            rt.state is PeerState.JOINED and len(rt.view().successors) == 2 for rt, _ in made
+        )
+
+    await wait_for(consistent, 20.0, "3-peer ring")
+    await asyncio.sleep(0.5)  # let the replicators settle on their roles
+
+
+def store_req(resource: int, value: bytes) -> StoreReq:
+    entry = StoredData(int(time.time() * 1000), 3600, b"k", value)
+    return StoreReq(resource, 0, (StoreKindData(KIND, 0, (entry,)),))
+
+
+async def test_store_answers_wait_for_the_flush_and_share_it(
+    runtimes: list[tuple[OverlayRuntime, WatchedStore]], tmp_path: Path
+) -> None:
+    await start_ring(runtimes, tmp_path, "sync")
+    by_id = {rt.node_id: store for rt, store in runtimes}
+    ids = list(by_id)
+    rng = random.Random(9)
+    late: list[str] = []
+
+    async def one(i: int) -> None:
+        rt = runtimes[i % 3][0]
+        resource = rng.getrandbits(128)
+        answer = await rt.data_request(store_req(resource, b"v%d" % i), timeout=10.0)
+        assert isinstance(answer.body, StoreAns), answer.body
+        [kr] = answer.body.kind_responses
+        owner = responsible(ids, resource)
+        assert len(kr.replicas) == 2 and owner not in kr.replicas
+        # On arrival of the answer, the write is durable on the primary and both replicas.
+        for node in (owner, *kr.replicas):
+            store = by_id[node]
+            if store.flushed_seq < store.commit_of[resource]:
+                late.append(f"{node:x} answered before flushing {resource:x}")
+
+    await asyncio.gather(*(one(i) for i in range(300)))
+    assert late == []
+    fsyncs = sum(rt.counters["fsyncs"] for rt, _ in runtimes)
+    stores = sum(
+        rt.counters["replication.stores_original"] + rt.counters["replication.stores_copy"]
+        for rt, _ in runtimes
+    )
+    print(f"{stores} store applications, {fsyncs} flushes")
+    assert stores >= 900
+    assert 0 < fsyncs < stores / 2  # group commit: many stores per flush
+    # Fetch through a peer that is not the owner.
+    resource = rng.getrandbits(128)
+    origin = next(rt for rt, _ in runtimes if rt.node_id != responsible(ids, resource))
+    assert isinstance((await origin.data_request(store_req(resource, b"x"))).body, StoreAns)
+    other = next(rt for rt, _ in runtimes if rt is not origin)
+    fetch = FetchReq(resource, (StoredDataSpecifier(KIND, 0, ()),))
+    answer = await other.data_request(fetch)
+    assert isinstance(answer.body, FetchAns)
+    assert [sd.value for sd in answer.body.kind_responses[0].values] == [b"x"]
+    primary, replica = runtimes[0][0].replicator.counts(0.0)  # type: ignore[union-attr]
+    assert primary + replica > 0
+
+
+async def test_async_durability_never_flushes(
+    runtimes: list[tuple[OverlayRuntime, WatchedStore]], tmp_path: Path
+) -> None:
+    await start_ring(runtimes, tmp_path, "async")
+    rt = runtimes[0][0]
+    for i in range(20):
+        answer = await rt.data_request(store_req(i * 7919 << 100, b"v"))
+        assert isinstance(answer.body, StoreAns)
+    assert sum(store.flushes for _, store in runtimes) == 0
+    assert sum(r.counters["fsyncs"] for r, _ in runtimes) == 0
