@@ -3,8 +3,12 @@
 GET  /v1/node         this peer: id, addresses, state, uptime, neighbours, fingers, share
 GET  /v1/ring         the ring walked from this peer, in ring order (Probe over the overlay)
 GET  /v1/route/{key}  the hop path to the peer responsible for an AOR or a 32-hex id
+GET  /v1/records      what this peer holds for one resource (?resource=HEX, ?aor=AOR, ?name=NAME)
+GET  /v1/records/all  every record this peer holds, one compact row each (?role=, ?kind=)
+GET  /v1/kv/{name}    fetch the DEBUG-KV value of a name through the overlay
+PUT  /v1/kv/{name}    store one (body = value, ?lifetime=SECONDS) through the overlay
 POST /v1/leave        leave the ring gracefully; the process then exits 0
-GET  /metrics         Prometheus text: the overlay's counters and neighbour counts
+GET  /metrics         Prometheus text: the overlay's counters and neighbour counts, records held
 """
 
 from __future__ import annotations
@@ -17,9 +21,20 @@ from aiohttp import web
 
 from overlay.actions import Address, PeerState
 from overlay.chord import PeerView
-from overlay.ids import id_hex
+from overlay.ids import id_hex, parse_id, resource_id
+from overlay.messages import ErrorCode
 from p2preg import __version__
-from p2preg.ring import BadKey, route_path, self_entry, walk_ring
+from p2preg.kinds import kind_info, kind_name
+from p2preg.kv import (
+    DEFAULT_LIFETIME,
+    MAX_LIFETIME,
+    GetResult,
+    KvRefused,
+    RingUnavailable,
+    now_ms,
+)
+from p2preg.ring import BadKey, key_to_resource, route_path, self_entry, walk_ring
+from storage import Record, Role
 
 if TYPE_CHECKING:
     from p2preg.node import Node
@@ -53,6 +68,9 @@ def node_info(node: Node) -> dict[str, Any]:
         "predecessors": [_neighbour(view, p) for p in view.predecessors],
         "successors": [_neighbour(view, s) for s in view.successors],
         "fingers": [{"index": i, "node_id": id_hex(n)} for i, n in view.fingers],
+        "primary_records": node.counts.primary,
+        "replica_records": node.counts.replica,
+        "durability": node.options.durability.value,
         "counters": dict(node.rt.counters),
     }
 
@@ -65,7 +83,9 @@ def _require_joined(node: Node) -> web.Response | None:
 
 
 async def get_node(request: web.Request) -> web.Response:
-    return web.json_response(node_info(request.app[NODE_KEY]))
+    node = request.app[NODE_KEY]
+    await node.refresh_counts()
+    return web.json_response(node_info(node))
 
 
 async def get_ring(request: web.Request) -> web.Response:
@@ -73,8 +93,222 @@ async def get_ring(request: web.Request) -> web.Response:
     refusal = _require_joined(node)
     if refusal is not None:
         return refusal
-    own = self_entry(node.rt.view(), node.exp_probe(), 0)
+    counts = await node.refresh_counts()
+    own = self_entry(node.rt.view(), node.exp_probe(), counts.resources)
     return web.json_response(await walk_ring(node.rt, own))
+
+
+# --- records held here ------------------------------------------------------------------------
+
+
+def _role_name(role: Role) -> str:
+    return role.name.lower()
+
+
+def _value_view(kind: int, value: bytes) -> dict[str, Any]:
+    info = kind_info(kind)
+    if info is not None and info.text_values:
+        try:
+            return {"value": value.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"value_hex": value.hex()}
+    return {}
+
+
+def record_view(rec: Record, now_ms: int) -> dict[str, Any]:
+    return {
+        "role": _role_name(rec.role),
+        "kind": rec.kind,
+        "kind_name": kind_name(rec.kind),
+        "key": rec.key.hex(),
+        "storage_time": rec.storage_time,
+        "lifetime": rec.lifetime,
+        "expires": rec.expiry_ms,
+        "expired": rec.expiry_ms <= now_ms,
+        "exists": rec.exists,
+        "value_size": len(rec.value),
+        **_value_view(rec.kind, rec.value),
+    }
+
+
+def _records_target(request: web.Request) -> tuple[int, str | None]:
+    """The Resource-ID asked for by ?resource=HEX, ?aor=AOR or ?name=NAME (exactly one)."""
+    query = request.query
+    given = [k for k in ("resource", "aor", "name") if k in query]
+    if len(given) != 1:
+        raise web.HTTPBadRequest(reason="give exactly one of ?resource=HEX, ?aor=AOR, ?name=NAME")
+    which = given[0]
+    text = query[which]
+    if which == "resource":
+        try:
+            return parse_id(text), None
+        except ValueError as exc:
+            raise web.HTTPBadRequest(reason=f"bad resource id: {exc}") from None
+    if not text:
+        raise web.HTTPBadRequest(reason=f"empty {which}")
+    if which == "aor":
+        try:
+            return key_to_resource(text)
+        except BadKey as exc:
+            raise web.HTTPBadRequest(reason=f"bad AOR {text!r}: {exc}") from None
+    return resource_id(text), text
+
+
+async def get_records(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    rid, name = _records_target(request)
+    now = now_ms()
+    records = await node.read_store(node.store.records_for, rid)
+    return web.json_response(
+        {
+            "node_id": id_hex(node.node_id),
+            "resource_id": id_hex(rid),
+            "resource_name": name,
+            "responsible": node.rt.state is PeerState.JOINED and node.rt.peer.is_responsible(rid),
+            "now_ms": now,
+            "records": [record_view(r, now) for r in records],
+        }
+    )
+
+
+ALL_COLUMNS = ("resource_id", "kind", "key", "storage_time", "role", "exists")
+
+
+def _all_rows(node: Node, role: Role | None, kind: int | None, now: int) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for rec in node.store.scan_range(0, 0, now, role):
+        if kind is None or rec.kind == kind:
+            rows.append(
+                [
+                    id_hex(rec.resource),
+                    rec.kind,
+                    rec.key.hex(),
+                    rec.storage_time,
+                    _role_name(rec.role),
+                    rec.exists,
+                ]
+            )
+    return rows
+
+
+async def get_all_records(request: web.Request) -> web.Response:
+    """Every unexpired record held here (tombstones too) as compact rows, for checking copies
+    across a ring without one request per record."""
+    node = request.app[NODE_KEY]
+    role: Role | None = None
+    kind: int | None = None
+    if "role" in request.query:
+        try:
+            role = Role[request.query["role"].upper()]
+        except KeyError:
+            raise web.HTTPBadRequest(reason="role must be primary or replica") from None
+    if "kind" in request.query:
+        try:
+            kind = int(request.query["kind"], 0)
+        except ValueError:
+            raise web.HTTPBadRequest(reason="kind must be an integer (0x... for hex)") from None
+    now = now_ms()
+    rows = await node.read_store(_all_rows, node, role, kind, now)
+    return web.json_response(
+        {
+            "node_id": id_hex(node.node_id),
+            "now_ms": now,
+            "columns": list(ALL_COLUMNS),
+            "count": len(rows),
+            "records": rows,
+        }
+    )
+
+
+# --- DEBUG-KV through the overlay -------------------------------------------------------------
+
+
+def _peer(node_id: int | None) -> str | None:
+    return None if node_id is None else id_hex(node_id)
+
+
+def _kv_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not name:
+        raise web.HTTPBadRequest(reason="empty name")
+    return name
+
+
+def _kv_view(result: GetResult) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "name": result.name,
+        "resource_id": id_hex(result.resource),
+        "responsible": _peer(result.responsible),
+        "found": result.value is not None,
+        "generation": result.generation,
+        "attempts": result.attempts,
+    }
+    if result.value is not None:
+        assert result.storage_time is not None and result.lifetime is not None
+        view.update(
+            value_size=len(result.value),
+            storage_time=result.storage_time,
+            lifetime=result.lifetime,
+            expires=result.storage_time + result.lifetime * 1000,
+        )
+        try:
+            view["value"] = result.value.decode("utf-8")
+        except UnicodeDecodeError:
+            view["value_hex"] = result.value.hex()
+    return view
+
+
+async def get_kv(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    refusal = _require_joined(node)
+    if refusal is not None:
+        return refusal
+    name = _kv_name(request)
+    try:
+        result = await node.kv.get(name)
+    except RingUnavailable as exc:
+        return _error(503, f"cannot fetch {name!r}: {exc}")
+    except KvRefused as exc:
+        return _error(502, f"fetching {name!r} was refused: {exc}")
+    view = _kv_view(result)
+    if result.value is None:
+        return web.json_response({"error": f"nothing stored under {name!r}", **view}, status=404)
+    return web.json_response(view)
+
+
+async def put_kv(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    refusal = _require_joined(node)
+    if refusal is not None:
+        return refusal
+    name = _kv_name(request)
+    lifetime = DEFAULT_LIFETIME
+    if "lifetime" in request.query:
+        text = request.query["lifetime"]
+        if not text.isdigit() or not 0 < int(text) <= MAX_LIFETIME:
+            raise web.HTTPBadRequest(reason=f"lifetime must be 1..{MAX_LIFETIME} seconds")
+        lifetime = int(text)
+    value = await request.read()
+    try:
+        result = await node.kv.put(name, value, lifetime)
+    except RingUnavailable as exc:
+        return _error(503, f"cannot store {name!r}: {exc}")
+    except KvRefused as exc:
+        status = 413 if exc.code == ErrorCode.DATA_TOO_LARGE else 502
+        return _error(status, f"storing {name!r} was refused: {exc}")
+    return web.json_response(
+        {
+            "name": name,
+            "resource_id": id_hex(result.resource),
+            "responsible": _peer(result.responsible),
+            "replicas": [id_hex(r) for r in result.replicas],
+            "generation": result.generation,
+            "storage_time": result.storage_time,
+            "lifetime": result.lifetime,
+            "value_size": len(value),
+            "attempts": result.attempts,
+        }
+    )
 
 
 async def get_route(request: web.Request) -> web.Response:
@@ -119,6 +353,17 @@ async def get_metrics(request: web.Request) -> web.Response:
     for name, value in sorted(node.rt.counters.items()):
         label = name.replace("\\", "\\\\").replace('"', '\\"')
         lines.append(f'p2preg_overlay_events_total{{event="{label}"}} {value}')
+    counts = node.counts
+    lines += [
+        "# TYPE p2preg_store_records gauge",
+        f'p2preg_store_records{{role="primary"}} {counts.primary}',
+        f'p2preg_store_records{{role="replica"}} {counts.replica}',
+        "# TYPE p2preg_store_map_bytes gauge",
+        f"p2preg_store_map_bytes {node.store.map_size}",
+        "# TYPE p2preg_kv_operations_total counter",
+    ]
+    for name, value in sorted(node.kv.counters.items()):
+        lines.append(f'p2preg_kv_operations_total{{op="{name}"}} {value}')
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
@@ -143,6 +388,10 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/node", get_node)
     app.router.add_get("/v1/ring", get_ring)
     app.router.add_get("/v1/route/{key:.+}", get_route)
+    app.router.add_get("/v1/records", get_records)
+    app.router.add_get("/v1/records/all", get_all_records)
+    app.router.add_get("/v1/kv/{name:.+}", get_kv)
+    app.router.add_put("/v1/kv/{name:.+}", put_kv)
     app.router.add_post("/v1/leave", post_leave)
     app.router.add_get("/metrics", get_metrics)
     return app

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "p2preg: a peer-to-peer SIP registrar whose nodes form a Chord-reload (RFC 6940)\n"
             "ring. Run a node with `p2preg run`; inspect a running ring through any node's\n"
-            "admin API with `p2preg status|ring|route|leave --admin HOST:PORT`; `p2preg sim`\n"
-            "runs the overlay in a deterministic simulator. `p2preg COMMAND --help` explains\n"
-            "each command."
+            "admin API with `p2preg status|ring|route|leave --admin HOST:PORT`; store and\n"
+            "fetch test values through the ring with `p2preg put|get` and see the copies a\n"
+            "node holds with `p2preg records`; `p2preg sim` runs the overlay in a\n"
+            "deterministic simulator. `p2preg COMMAND --help` explains each command."
         ),
     )
     parser.add_argument("--version", action="version", version=f"p2preg {__version__}")
@@ -86,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         metavar="DIR",
-        help="directory for this node's state (its node id now, its records later); created "
-        "if missing. Restarting on the same directory keeps the node id",
+        help="directory for this node's state: its node id and its records (DIR/store, LMDB); "
+        "created if missing. Restarting on the same directory keeps the node id and the "
+        "records. One process per directory",
     )
     run.add_argument(
         "--overlay",
@@ -140,6 +143,32 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="log level on stderr (default: %(default)s)",
+    )
+    storage = run.add_argument_group("storage", "the records kept under --data-dir/store")
+    storage.add_argument(
+        "--durability",
+        choices=["sync", "async"],
+        default="sync",
+        help="sync: a store is on disk (LMDB flushed) before it is acknowledged; concurrent "
+        "stores share one flush. async: faster; a crash of the machine (power loss, kernel "
+        "panic) may lose the last acknowledged writes, a killed process does not "
+        "(default: %(default)s)",
+    )
+    storage.add_argument(
+        "--anti-entropy-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between digest comparisons of each replicated range with its replicas, "
+        "which repair any divergence (default: the overlay's)",
+    )
+    storage.add_argument(
+        "--max-map-size",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help="the store grows on demand up to this many MiB, then refuses stores with a clear "
+        "error (default: 16384)",
     )
     timers = run.add_argument_group(
         "overlay tuning", "defaults suit a data centre; tests use shorter timers"
@@ -221,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
             "the overlay, then that peer's successor, and so on until it is back at itself.\n"
             "Peers that do not answer are listed as unreachable. --json prints a JSON array of\n"
             "node objects in ring order (node_id, overlay, admin, sip, state, successors,\n"
-            "predecessors, responsible_ppb, num_resources, uptime_s, reachable).\n"
+            "predecessors, responsible_ppb, num_resources, primary_records, replica_records,\n"
+            "uptime_s, reachable). primary_records / replica_records count the records the peer\n"
+            "holds as the responsible peer / as a copy for its predecessors.\n"
             "Exit 1 when the walk did not come back round to the start."
         ),
     )
@@ -241,6 +272,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     route.add_argument("key", metavar="KEY", help="AOR / resource name, or a 32-hex-digit id")
     _add_admin_args(route)
+
+    put = sub.add_parser(
+        "put",
+        formatter_class=_Formatter,
+        help="store a test value under a name, through the overlay (DEBUG-KV kind)",
+        description=(
+            "Store VALUE under NAME (PUT /v1/kv/NAME): the node routes a RELOAD Store of the\n"
+            "DEBUG-KV kind to the peer responsible for the Resource-ID of NAME, which writes it\n"
+            "and copies it to its two successors. Prints the responsible peer and the replicas\n"
+            "that acknowledged. A store refused for a passing reason (the range is changing\n"
+            "hands) is retried a few times. Exit 1 when the ring could not store it."
+        ),
+    )
+    put.add_argument("name", metavar="NAME", help="any text; hashed (SHA-1) to its Resource-ID")
+    put.add_argument("value", metavar="VALUE", help="the value, stored as UTF-8 bytes")
+    put.add_argument(
+        "--lifetime",
+        type=int,
+        default=86_400,
+        metavar="SECONDS",
+        help="the value expires this many seconds after the store (default: %(default)s)",
+    )
+    _add_admin_args(put)
+
+    get = sub.add_parser(
+        "get",
+        formatter_class=_Formatter,
+        help="fetch the test value stored under a name, through the overlay",
+        description=(
+            "Fetch the DEBUG-KV value of NAME (GET /v1/kv/NAME) from the peer responsible for\n"
+            "it, wherever it is in the ring, and print it. Exit 1 with one line on stderr when\n"
+            "nothing is stored under NAME (or it expired), or the ring could not answer."
+        ),
+    )
+    get.add_argument("name", metavar="NAME", help="the name given to `p2preg put`")
+    _add_admin_args(get)
+
+    records = sub.add_parser(
+        "records",
+        formatter_class=_Formatter,
+        help="show what one node holds on disk for a resource (primary or replica copy)",
+        description=(
+            "Show the records the given node itself holds for one resource (GET /v1/records),\n"
+            "without asking the ring: kind, dictionary key, role (primary: this node is\n"
+            "responsible; replica: a copy kept for its predecessor), storage time, expiry,\n"
+            "whether it exists (false: a removal kept until it expires) and the value size\n"
+            "(the value itself for the DEBUG-KV kind). Ask each node to see every copy."
+        ),
+    )
+    target = records.add_mutually_exclusive_group(required=True)
+    target.add_argument("--resource", metavar="HEX", help="the Resource-ID, 32 hex digits")
+    target.add_argument(
+        "--name",
+        metavar="NAME",
+        help="a resource name, hashed as is (what `p2preg put` used)",
+    )
+    target.add_argument(
+        "--aor", metavar="AOR", help="a SIP AOR; a sip:/sips: prefix is dropped before hashing"
+    )
+    _add_admin_args(records)
 
     leave = sub.add_parser(
         "leave",
@@ -313,12 +404,17 @@ class AdminRefused(Exception):
         self.body = body
 
 
-def admin_call(admin: str, method: str, path: str, timeout: float) -> tuple[int, Any]:
+def admin_call(
+    admin: str, method: str, path: str, timeout: float, data: bytes | None = None
+) -> tuple[int, Any]:
     host = admin.strip()
     if "://" in host:
         host = urllib.parse.urlsplit(host).netloc
     url = f"http://{host}{path}"
-    request = urllib.request.Request(url, method=method, headers={"Accept": "application/json"})
+    headers = {"Accept": "application/json"}
+    if data is not None:
+        headers["Content-Type"] = "application/octet-stream"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
@@ -361,6 +457,10 @@ def _uptime(seconds: float | int | None) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _ownership(ppb: int | None) -> str:
@@ -415,18 +515,63 @@ def render_ring(walk: dict[str, Any]) -> str:
                 node["overlay"] or "-",
                 node["admin"] or "-",
                 _ownership(node["responsible_ppb"]),
+                _count(node.get("primary_records")),
+                _count(node.get("replica_records")),
                 _uptime(node["uptime_s"]),
                 _short(succ),
             ]
         )
-    header = ["Node", "State", "Overlay", "Admin", "Owns", "Uptime", "Successor"]
+    header = ["Node", "State", "Overlay", "Admin", "Owns", "Primary", "Replica", "Uptime"]
+    header.append("Successor")
     out = [_table(header, rows), ""]
     down = sum(1 for n in nodes if not n["reachable"])
     summary = f"{len(nodes)} peers walked from {_short(walk['start'])}"
     if down:
         summary += f", {down} unreachable"
     summary += " (ring closed)" if walk["complete"] else " (ring NOT closed: walk did not return)"
+    primary = [n.get("primary_records") for n in nodes]
+    if nodes and all(isinstance(c, int) for c in primary):
+        held = sum(c for c in primary if c is not None)
+        copies = sum(n.get("replica_records") or 0 for n in nodes)
+        summary += f"; {held} primary records, {copies} replica copies"
     out.append(summary)
+    return "\n".join(out)
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def render_records(answer: dict[str, Any]) -> str:
+    name = answer["resource_name"]
+    target = f"{name} -> {answer['resource_id']}" if name else answer["resource_id"]
+    head = f"Node {answer['node_id']}, resource {target}"
+    if answer.get("responsible"):
+        head += " (this node is responsible for it)"
+    out = [head]
+    rows = []
+    for rec in answer["records"]:
+        if "value" in rec:
+            value = rec["value"] if len(rec["value"]) <= 40 else rec["value"][:37] + "..."
+        else:
+            value = f"({rec['value_size']} bytes)"
+        state = "expired" if rec["expired"] else ("live" if rec["exists"] else "removed")
+        rows.append(
+            [
+                rec["kind_name"],
+                rec["key"] or "-",
+                rec["role"],
+                _when(rec["storage_time"]),
+                _when(rec["expires"]),
+                state,
+                value,
+            ]
+        )
+    if rows:
+        header = ["Kind", "Key", "Role", "Stored", "Expires", "State", "Value"]
+        out.append(_table(header, rows))
+    else:
+        out.append("No records held here for this resource.")
     return "\n".join(out)
 
 
@@ -473,6 +618,52 @@ def cmd_route(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     route = _checked(status, body, args.admin)
     _print_json(route) if args.json else print(render_route(route))
+    return EXIT_OK
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    if args.lifetime < 1:
+        raise _Usage("--lifetime must be at least 1 second")
+    path = "/v1/kv/" + urllib.parse.quote(args.name, safe="") + f"?lifetime={args.lifetime}"
+    status, body = admin_call(args.admin, "PUT", path, args.timeout, args.value.encode("utf-8"))
+    answer = _checked(status, body, args.admin)
+    if args.json:
+        _print_json(answer)
+        return EXIT_OK
+    replicas = ", ".join(_short(r) for r in answer["replicas"]) or "none"
+    print(
+        f"stored {args.name!r} ({answer['value_size']} bytes) at {_short(answer['responsible'])}"
+        f", replicas {replicas}"
+    )
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    path = "/v1/kv/" + urllib.parse.quote(args.name, safe="")
+    status, body = admin_call(args.admin, "GET", path, args.timeout)
+    if status == 404 and isinstance(body, dict) and body.get("found") is False:
+        print(f"p2preg get: nothing stored under {args.name!r}", file=sys.stderr)
+        return EXIT_FAILED
+    answer = _checked(status, body, args.admin)
+    if args.json:
+        _print_json(answer)
+    elif "value" in answer:
+        print(answer["value"])
+    else:
+        print(answer["value_hex"])
+    return EXIT_OK
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    if args.resource is not None:
+        query = {"resource": args.resource}
+    elif args.name is not None:
+        query = {"name": args.name}
+    else:
+        query = {"aor": args.aor}
+    path = "/v1/records?" + urllib.parse.urlencode(query)
+    answer = _checked(*admin_call(args.admin, "GET", path, args.timeout), args.admin)
+    _print_json(answer) if args.json else print(render_records(answer))
     return EXIT_OK
 
 
@@ -528,7 +719,16 @@ class _Usage(Exception):
 def cmd_run(args: argparse.Namespace) -> int:
     from overlay.config import ChordConfig
     from p2preg.logs import setup_logging
-    from p2preg.node import NodeOptions, SetupError, load_node_id, parse_address, run_node
+    from p2preg.node import (
+        NodeOptions,
+        SetupError,
+        load_node_id,
+        lock_data_dir,
+        open_store,
+        parse_address,
+        run_node,
+    )
+    from storage import Durability
 
     try:
         config = ChordConfig(
@@ -546,6 +746,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _Usage(f"bad overlay tuning: {exc}") from None
     if args.missed_pings < 1 or args.leave_timeout <= 0:
         raise _Usage("--missed-pings must be at least 1 and --leave-timeout positive")
+    if args.anti_entropy_interval is not None and args.anti_entropy_interval <= 0:
+        raise _Usage("--anti-entropy-interval must be positive")
+    if args.max_map_size is not None and args.max_map_size < 1:
+        raise _Usage("--max-map-size must be at least 1 MiB")
     try:
         options = NodeOptions(
             data_dir=args.data_dir,
@@ -556,6 +760,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             node_id=args.node_id,
             config=config,
             ready_file=args.ready_file,
+            durability=Durability(args.durability),
+            anti_entropy_interval=args.anti_entropy_interval,
+            max_map_size=None if args.max_map_size is None else args.max_map_size << 20,
         )
         if options.node_id is not None:
             # Check before touching the data directory: a typo must not leave files behind.
@@ -569,11 +776,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SetupError(f"cannot create --data-dir {args.data_dir}: {exc}") from None
+        lock = lock_data_dir(args.data_dir)  # held until this process exits
         node_id = load_node_id(args.data_dir, args.node_id)
+        store = open_store(options)
     except SetupError as exc:
         raise _Usage(str(exc)) from None
     setup_logging(args.log_level, node_id)
-    return run_node(options, node_id)
+    try:
+        return run_node(options, node_id, store)
+    finally:
+        lock.close()
 
 
 COMMANDS = {
@@ -581,6 +793,9 @@ COMMANDS = {
     "status": cmd_status,
     "ring": cmd_ring,
     "route": cmd_route,
+    "put": cmd_put,
+    "get": cmd_get,
+    "records": cmd_records,
     "leave": cmd_leave,
     "sim": cmd_sim,
 }

@@ -4,26 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import functools
 import json
 import logging
 import os
 import signal
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TypeVar
+
+import lmdb
 
 from overlay.actions import Address, Event, NeighborsChanged, PeerState, StateChanged
 from overlay.config import ChordConfig
 from overlay.ids import ID_BYTES, id_hex, parse_id
+from overlay.replication_backend import ReplicationConfig
 from overlay.runtime import OverlayRuntime
 from p2preg import __version__
 from p2preg.admin import AdminServer
+from p2preg.kinds import KIND_LIMITS
+from p2preg.kv import KvClient, now_ms
 from p2preg.logs import short_id
+from storage import Durability, RecordStore, Role
 
 log = logging.getLogger("p2preg.node")
+T = TypeVar("T")
 
 NODE_ID_FILE = "node_id"
+STORE_DIR = "store"  # the LMDB environment, under --data-dir
+LOCK_FILE = "lock"
 LEAVE_TIMEOUT_MARGIN = 2.0  # s on top of the overlay's own leave timeout before we give up
+COUNT_REFRESH = 1.0  # s between recounts of the records held (for Probe answers and the API)
 
 
 class SetupError(Exception):
@@ -90,24 +105,99 @@ class NodeOptions:
     node_id: str | None = None
     config: ChordConfig = field(default_factory=ChordConfig)
     ready_file: Path | None = None
+    durability: Durability = Durability.SYNC
+    anti_entropy_interval: float | None = None  # None: the overlay's default
+    max_map_size: int | None = None  # bytes; None: the store's default
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the data directory for the life of the process: LMDB itself
+    lets two processes share an environment, and two nodes on one directory would both think
+    they own its records and its node id."""
+    path = data_dir / LOCK_FILE
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 - held open until the process exits
+    except OSError as exc:
+        raise SetupError(f"cannot open {path}: {exc}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise SetupError(f"data directory {data_dir} is in use by another p2preg process") from None
+    return handle
+
+
+def open_store(options: NodeOptions) -> RecordStore:
+    """The node's LMDB environment. It never flushes per commit: with ``--durability sync`` the
+    overlay runtime flushes it before any answer that depends on a write goes out (one flush
+    for all the writes of that moment), which is both durable and faster."""
+    directory = options.data_dir / STORE_DIR
+    sizes = {} if options.max_map_size is None else {"max_map_size": options.max_map_size}
+    if options.max_map_size is not None:
+        sizes["initial_map_size"] = min(64 << 20, options.max_map_size)
+    try:
+        return RecordStore(directory, KIND_LIMITS, durability=Durability.ASYNC, **sizes)
+    except (lmdb.Error, OSError, ValueError) as exc:
+        raise SetupError(f"cannot open the record store in {directory}: {exc}") from None
+
+
+def replication_config(options: NodeOptions) -> ReplicationConfig:
+    if options.anti_entropy_interval is None:
+        return ReplicationConfig()
+    return ReplicationConfig(anti_entropy_interval=options.anti_entropy_interval)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCounts:
+    primary: int = 0
+    replica: int = 0
+    tombstones: int = 0  # included in primary/replica: removals kept until they expire
+    resources: int = 0  # distinct Resource-IDs among them
+    counted_at: float = 0.0  # monotonic
+
+
+def count_records(store: RecordStore) -> RecordCounts:
+    """One pass over the unexpired records (reads may run on any thread)."""
+    primary = replica = tombstones = resources = 0
+    last: int | None = None
+    for rec in store.scan_range(0, 0, now_ms()):
+        if rec.resource != last:
+            resources += 1
+            last = rec.resource
+        if rec.role is Role.PRIMARY:
+            primary += 1
+        else:
+            replica += 1
+        if not rec.exists:
+            tombstones += 1
+    return RecordCounts(primary, replica, tombstones, resources, time.monotonic())
 
 
 class Node:
     """Runs until SIGTERM/SIGINT or POST /v1/leave, then leaves the ring gracefully."""
 
-    def __init__(self, options: NodeOptions, node_id: int) -> None:
+    def __init__(self, options: NodeOptions, node_id: int, store: RecordStore) -> None:
         self.options = options
         self.node_id = node_id
+        self.store = store
         self.rt = OverlayRuntime(
             node_id=node_id,
             config=options.config,
             host=options.overlay.host,
             port=options.overlay.port,
             exp_probe=self.exp_probe,
+            num_resources=self._num_resources,
+            backend=store,
+            durability=options.durability.value,
+            replication=replication_config(options),
         )
+        self.kv = KvClient(self.rt)
         self.admin = AdminServer(self)
         self.overlay_address: Address | None = None
         self.admin_address: Address | None = None
+        self.counts = RecordCounts()
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-read")
+        self._counter: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._stop_reason = ""
 
@@ -124,7 +214,35 @@ class Node:
             "sip": None,
             "state": self.rt.state.value,
             "version": __version__,
+            "primary_records": self.counts.primary,
+            "replica_records": self.counts.replica,
         }
+
+    def _num_resources(self) -> int:
+        return self.counts.resources
+
+    async def read_store(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a read of the store off the event loop, on threads the node waits for before it
+        closes the store (a cancelled ``to_thread`` would leave its thread reading)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, functools.partial(fn, *args))
+
+    async def refresh_counts(self) -> RecordCounts:
+        """Recount now (off the event loop); the admin API wants fresh figures."""
+        self.counts = await self.read_store(count_records, self.store)
+        return self.counts
+
+    async def _count_loop(self) -> None:
+        # Probe answers are built synchronously inside the overlay: they read these cached
+        # figures instead of scanning LMDB on the event loop.
+        while True:
+            started = time.monotonic()
+            try:
+                await self.refresh_counts()
+            except Exception:
+                log.exception("counting the records failed")
+            # A big store takes a while to count: spend at most a tenth of the time on it.
+            await asyncio.sleep(max(COUNT_REFRESH, 10 * (time.monotonic() - started)))
 
     def request_leave(self, reason: str) -> None:
         if self._stop.is_set():
@@ -163,6 +281,11 @@ class Node:
             await self.rt.close()
             return 1
         log.info("admin API listening on http://%s/v1/node", self.admin_address)
+        self._counter = asyncio.create_task(self._count_loop(), name="record-counts")
+        # --- SIP front end (issue 4) -------------------------------------------------------
+        # Start the SIP service here, after the overlay and the admin API are up (it stores
+        # and fetches through self.rt, like self.kv) and before the ready file is written, so
+        # that the ready file can report its bound address. Stop it first thing in _shutdown.
         if opts.sip is not None:
             log.warning(
                 "--sip %s accepted, but the SIP front end is not built yet (issue 4)", opts.sip
@@ -187,6 +310,7 @@ class Node:
         _write_atomically(path, json.dumps(info) + "\n")
 
     async def _shutdown(self) -> int:
+        # --- SIP front end (issue 4): stop the SIP service here, before leaving the ring.
         log.info("leaving the overlay (%s)", self._stop_reason)
         budget = self.options.config.leave_timeout + LEAVE_TIMEOUT_MARGIN
         if self.rt.state in (PeerState.JOINED, PeerState.JOINING):
@@ -199,13 +323,34 @@ class Node:
         await self.admin.stop()
         with contextlib.suppress(Exception):
             await self.rt.close()
+        await self._stop_counting()
+        self._readers.shutdown(wait=True)  # no read may be running when the store closes
+        # Only now: the graceful leave above handed our primary records to the successor.
+        self._close_store()
         log.info("left the ring; exiting")
         return 0
+
+    async def _stop_counting(self) -> None:
+        if self._counter is not None:
+            self._counter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._counter
+
+    def _close_store(self) -> None:
+        try:
+            self.store.flush()
+        except Exception:
+            log.exception("flushing the record store failed")
+        self.store.close()
 
 
 def _join(addresses: Sequence[Address]) -> str:
     return ", ".join(str(a) for a in addresses)
 
 
-def run_node(options: NodeOptions, node_id: int) -> int:
-    return asyncio.run(Node(options, node_id).run())
+def run_node(options: NodeOptions, node_id: int, store: RecordStore) -> int:
+    """Run the node on an opened store (see open_store); the store is closed on return."""
+    try:
+        return asyncio.run(Node(options, node_id, store).run())
+    finally:
+        store.close()  # after an early error exit too; closing twice is harmless

@@ -73,6 +73,10 @@ def _addr_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _count_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _id_list(value: object) -> list[str]:
     if not isinstance(value, list | tuple):
         return []
@@ -92,6 +96,8 @@ def self_entry(view: PeerView, extras: JsonDict, num_resources: int) -> JsonDict
         "predecessors": [id_hex(p) for p in view.predecessors],
         "responsible_ppb": view.responsible_ppb,
         "num_resources": num_resources,
+        "primary_records": _count_or_none(extras.get("primary_records")),
+        "replica_records": _count_or_none(extras.get("replica_records")),
         "uptime_s": round(view.uptime, 3),
     }
 
@@ -121,6 +127,8 @@ def probe_entry(node_id: int, answer: ProbeAns) -> tuple[JsonDict, list[int]]:
         "predecessors": _id_list(extras.get("predecessors")),
         "responsible_ppb": numbers.get(ProbeInformationType.RESPONSIBLE_SET),
         "num_resources": numbers.get(ProbeInformationType.NUM_RESOURCES),
+        "primary_records": _count_or_none(extras.get("primary_records")),
+        "replica_records": _count_or_none(extras.get("replica_records")),
         "uptime_s": numbers.get(ProbeInformationType.UPTIME),
     }
     return entry, successors
@@ -139,6 +147,8 @@ def unreachable_entry(node_id: int, error: str) -> JsonDict:
         "predecessors": [],
         "responsible_ppb": None,
         "num_resources": None,
+        "primary_records": None,
+        "replica_records": None,
         "uptime_s": None,
     }
 

@@ -8,6 +8,7 @@ printed at teardown (pytest shows them when a test fails).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,6 +16,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +206,13 @@ class Cluster:
     def start(self, bootstrap: Sequence[str] = (), **kwargs: Any) -> NodeProcess:
         return self.spawn(bootstrap, **kwargs).wait_ready()
 
+    def restart(
+        self, node: NodeProcess, bootstrap: Sequence[str] = (), **kwargs: Any
+    ) -> NodeProcess:
+        """Start a new process on ``node``'s data directory (after it exited); not waited for."""
+        assert not node.alive(), f"node {node.index} is still running"
+        return self.spawn(bootstrap, data_dir=node.data_dir, **kwargs)
+
     def alive(self) -> list[NodeProcess]:
         return [n for n in self.nodes if n.alive()]
 
@@ -254,3 +265,113 @@ def ring_problem(
                 f"want first {want[(at - 1) % n][:8]}"
             )
     return None
+
+
+# --- storage helpers: the admin API's records and DEBUG-KV endpoints -----------------------------
+
+RecordKey = tuple[str, int, str]  # (resource id hex, kind, dictionary key hex)
+
+
+@dataclass(frozen=True)
+class Copy:
+    node_id: str
+    storage_time: int
+    role: str
+    exists: bool
+
+
+def http_json(
+    admin: str, method: str, path: str, data: bytes | None = None, timeout: float = 30.0
+) -> tuple[int, Any]:
+    """One admin API call; (status, decoded JSON body), HTTP errors included."""
+    request = urllib.request.Request(f"http://{admin}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def kv_path(name: str, lifetime: int | None = None) -> str:
+    path = "/v1/kv/" + urllib.parse.quote(name, safe="")
+    return path if lifetime is None else f"{path}?lifetime={lifetime}"
+
+
+async def _bulk(
+    calls: Sequence[tuple[str, str, str, bytes | None]], concurrency: int, timeout: float
+) -> list[tuple[int, Any]]:
+    import aiohttp
+
+    limit = asyncio.Semaphore(concurrency)
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def one(
+        session: aiohttp.ClientSession, admin: str, method: str, path: str, data: bytes | None
+    ) -> tuple[int, Any]:
+        async with limit:
+            try:
+                async with session.request(method, f"http://{admin}{path}", data=data) as resp:
+                    return resp.status, await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return 0, {"error": f"{type(exc).__name__}: {exc}"}
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+        return await asyncio.gather(*(one(session, *call) for call in calls))
+
+
+def bulk_http(
+    calls: Sequence[tuple[str, str, str, bytes | None]],
+    concurrency: int = 50,
+    timeout: float = 60.0,
+) -> list[tuple[int, Any]]:
+    """Many admin API calls (admin, method, path, body), ``concurrency`` in flight; results in
+    order. A call that gets no HTTP answer gives status 0."""
+    return asyncio.run(_bulk(calls, concurrency, timeout))
+
+
+def held_records(nodes: Sequence[NodeProcess]) -> dict[RecordKey, list[Copy]]:
+    """Every unexpired record held by ``nodes`` (GET /v1/records/all), with who holds it."""
+    held: dict[RecordKey, list[Copy]] = {}
+    for node in nodes:
+        status, body = http_json(node.admin, "GET", "/v1/records/all", timeout=60)
+        assert status == 200, f"records/all from node {node.index}: {status} {body}"
+        assert body["columns"] == ["resource_id", "kind", "key", "storage_time", "role", "exists"]
+        for rid, kind, key, storage_time, role, exists in body["records"]:
+            held.setdefault((rid, kind, key), []).append(
+                Copy(body["node_id"], storage_time, role, exists)
+            )
+    return held
+
+
+def responsible_and_replicas(resource: str, ring_ids: Sequence[str], copies: int = 3) -> list[str]:
+    """The ids that should hold ``resource``: the first peer at or after it, then its successors
+    (ids as 32 hex digits compare like the numbers)."""
+    ordered = sorted(ring_ids)
+    start = next((i for i, n in enumerate(ordered) if n >= resource), 0)
+    return [ordered[(start + k) % len(ordered)] for k in range(min(copies, len(ordered)))]
+
+
+def ring_consistent(asker: NodeProcess, expected: Sequence[str]) -> str | None:
+    """Why the ring walked from ``asker`` is not the consistent ring of ``expected``, or None."""
+    try:
+        status, body = http_json(asker.admin, "GET", "/v1/ring", timeout=60)
+    except (OSError, ValueError) as exc:
+        return f"ring from node {asker.index}: {exc}"
+    if status != 200:
+        return f"ring from node {asker.index}: HTTP {status} {body}"
+    return ring_problem(body["nodes"], expected)
+
+
+def wait_ring(askers: Sequence[NodeProcess], expected: Sequence[str], timeout: float) -> None:
+    last = ["not checked yet"]
+
+    def consistent() -> bool:
+        for asker in askers:
+            problem = ring_consistent(asker, expected)
+            if problem is not None:
+                last[0] = problem
+                return False
+        return True
+
+    wait_for(consistent, timeout, f"a consistent ring of {len(expected)}", 0.5, lambda: last[0])
