@@ -53,7 +53,7 @@ tools:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing tshark (apt-get)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends tshark; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends tshark sip-tester; \
 	  else \
 	    echo "error: tshark is missing; install it as root: apt-get install tshark" >&2; \
 	    exit 1; \

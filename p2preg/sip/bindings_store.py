@@ -1,0 +1,322 @@
+"""The bindings of one AOR, read and written through the overlay (WIRE.md §5, RFC 6940 §7).
+
+A REGISTER is a read-modify-write of one resource: Fetch every SIP-BINDING entry with the
+kind's generation, let the registrar decide, then Store the changes conditionally on that
+generation (replica_number 0). A concurrent writer makes the Store fail with
+Generation_Counter_Too_Low; :meth:`OverlayBindings.update` then fetches again and decides
+again, a bounded number of times.
+
+Data_Too_Old (a removal and a re-add of one contact within one millisecond, whose
+tombstone a Fetch does not show) is handled like a conflict: decide again a moment later
+with a fresh timestamp. Transient refusals (Error_In_Progress during a handoff,
+Error_Forbidden "not responsible" while the ring is in flux) and requests that get no
+answer are retried after a short backoff until a deadline; past it the caller
+answers 503 + Retry-After (:class:`OverlayUnavailable`).
+
+When this node is itself responsible for the resource, ``OverlayRuntime.request`` delivers
+the request to the local storage handler without touching the network (ChordPeer
+``_send_own`` → ``_deliver`` → AppRequest, and the answer comes back through
+``_send_answer`` → ``_on_response``), so nothing here special-cases it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from overlay.ids import resource_id
+from overlay.messages import (
+    Destination,
+    ErrorCode,
+    ErrorResponse,
+    FetchAns,
+    FetchReq,
+    Message,
+    MessageBody,
+    ResourceDestination,
+    StoreAns,
+    StoredData,
+    StoredDataSpecifier,
+    StoreKindData,
+    StoreReq,
+)
+from overlay.runtime import OverlayRequestError
+from p2preg.sip.binding import SIP_BINDING_KIND, Binding, decode_binding, encode_binding, key_bytes
+from p2preg.sip.metrics import Histogram
+from p2preg.sip.registrar import RegisterDecision
+
+# Answers that mean "ask again shortly": the ring is moving the resource, or two writers
+# picked the same storage_time.
+RETRYABLE = frozenset(
+    {
+        ErrorCode.IN_PROGRESS,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.REQUEST_TIMEOUT,
+    }
+)
+# Tombstones outlive the binding they remove by this much, so that a replica's older copy
+# cannot bring the binding back while it still looks live.
+TOMBSTONE_MARGIN_S = 5
+
+
+class Requester(Protocol):
+    """What we need of ``OverlayRuntime``."""
+
+    async def request(
+        self,
+        destinations: Sequence[Destination],
+        body: MessageBody,
+        timeout: float | None = None,
+    ) -> Message: ...
+
+
+class OverlayUnavailable(Exception):
+    """The ring gave no usable answer before the deadline: answer 503 + Retry-After."""
+
+
+class GenerationConflict(Exception):
+    """Someone else wrote the AOR since we fetched it (Generation_Counter_Too_Low), or an
+    entry holds a newer storage_time than ours (Data_Too_Old): fetch and decide again."""
+
+
+class StoreRefused(Exception):
+    """A permanent refusal (Data_Too_Large, Unknown_Kind …): answer 500."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"store refused with error {code}: {text}")
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class AorState:
+    """What a Fetch returned for one AOR."""
+
+    bindings: dict[str, Binding]
+    generation: int
+    stored_ms: dict[str, int] = field(default_factory=dict)  # storage_time of each entry
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Outcome counts and latencies, read by the service's metrics."""
+
+    fetches: int = 0
+    stores: int = 0
+    conflicts: int = 0
+    retries: int = 0
+    failures: int = 0
+    fetch_latency: Histogram = field(
+        default_factory=lambda: Histogram(
+            "p2preg_sip_overlay_fetch_duration_seconds",
+            "Fetch of an AOR's bindings through the overlay, retries included",
+        )
+    )
+    store_latency: Histogram = field(
+        default_factory=lambda: Histogram(
+            "p2preg_sip_overlay_store_duration_seconds",
+            "Conditional Store of an AOR's bindings through the overlay, retries included",
+        )
+    )
+
+
+class OverlayBindings:
+    def __init__(
+        self,
+        runtime: Requester,
+        *,
+        request_timeout: float = 2.0,
+        deadline: float = 5.0,
+        conflict_retries: int = 5,
+        backoff: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rt = runtime
+        self.request_timeout = request_timeout
+        self.deadline = deadline
+        self.conflict_retries = conflict_retries
+        self.backoff = backoff
+        self._clock = clock
+        self.stats = StoreStats()
+
+    # --- one request each --------------------------------------------------------------
+
+    async def fetch(self, resource_name: str, *, until: float | None = None) -> AorState:
+        """Every live binding of the AOR and the kind's generation."""
+        rid = resource_id(resource_name)
+        body = FetchReq(rid, (StoredDataSpecifier(SIP_BINDING_KIND),))
+        started = self._clock()
+        answer = await self._ask(rid, body, until)
+        self.stats.fetches += 1
+        self.stats.fetch_latency.observe(self._clock() - started)
+        if not isinstance(answer, FetchAns):
+            raise OverlayUnavailable(f"unexpected answer {type(answer).__name__} to a Fetch")
+        bindings: dict[str, Binding] = {}
+        stored_ms: dict[str, int] = {}
+        generation = 0
+        for kind in answer.kind_responses:
+            if kind.kind != SIP_BINDING_KIND:
+                continue
+            generation = kind.generation
+            for sd in kind.values:
+                if not sd.exists:
+                    continue
+                try:
+                    binding = decode_binding(sd.value)
+                except ValueError:
+                    continue  # a value we cannot read is not a binding we can serve
+                bindings[binding.key] = binding
+                stored_ms[binding.key] = sd.storage_time
+        return AorState(bindings, generation, stored_ms)
+
+    async def store(
+        self,
+        resource_name: str,
+        state: AorState,
+        upserts: Iterable[Binding],
+        removals: Iterable[str],
+        now: float,
+        *,
+        until: float | None = None,
+    ) -> None:
+        """Conditional on ``state.generation``; raises GenerationConflict when it moved."""
+        rid = resource_id(resource_name)
+        now_ms = int(now * 1000)
+        values: list[StoredData] = []
+        for b in upserts:
+            values.append(
+                StoredData(
+                    storage_time=self._time_for(state, b.key, now_ms),
+                    lifetime=max(1, math.ceil(b.expires_at - now)),
+                    key=key_bytes(b.key),
+                    value=encode_binding(b),
+                )
+            )
+        for key in removals:
+            old = state.bindings.get(key)
+            left = old.remaining(now) if old is not None else 0
+            values.append(
+                StoredData(
+                    storage_time=self._time_for(state, key, now_ms),
+                    lifetime=left + TOMBSTONE_MARGIN_S,
+                    key=key_bytes(key),
+                    value=b"",
+                    exists=False,
+                )
+            )
+        if not values:
+            return
+        body = StoreReq(rid, 0, (StoreKindData(SIP_BINDING_KIND, state.generation, tuple(values)),))
+        started = self._clock()
+        answer = await self._ask(rid, body, until, conflict_is_error=True)
+        self.stats.stores += 1
+        self.stats.store_latency.observe(self._clock() - started)
+        if not isinstance(answer, StoreAns):
+            raise OverlayUnavailable(f"unexpected answer {type(answer).__name__} to a Store")
+
+    @staticmethod
+    def _time_for(state: AorState, key: str, now_ms: int) -> int:
+        # A rewrite must be newer than what it replaces, even within one millisecond.
+        return max(now_ms, state.stored_ms.get(key, -1) + 1)
+
+    # --- the read-modify-write ---------------------------------------------------------
+
+    async def update(
+        self,
+        resource_name: str,
+        decide: Callable[[AorState, float], RegisterDecision],
+        wall_clock: Callable[[], float],
+    ) -> RegisterDecision:
+        """Fetch → decide → conditional store, again on a generation conflict.
+
+        ``decide(state, now)`` must be pure (it runs once per attempt). Raises
+        OverlayUnavailable when the ring does not answer in time or the conflicts persist.
+        """
+        until = self._clock() + self.deadline
+        previous: RegisterDecision | None = None
+        for _attempt in range(self.conflict_retries + 1):
+            state = await self.fetch(resource_name, until=until)
+            if previous is not None and _applied(state, previous):
+                # Our last store landed but its answer was lost (or it raced a retry of
+                # itself): deciding again would call our own binding a stale CSeq.
+                return previous
+            now = wall_clock()
+            decision = decide(state, now)
+            if not decision.changed:
+                return decision
+            try:
+                await self.store(
+                    resource_name, state, decision.upserts, decision.removals, now, until=until
+                )
+            except GenerationConflict:
+                self.stats.conflicts += 1
+                previous = decision
+                # Spread the retries of racing writers; also moves past the millisecond
+                # of a Data_Too_Old.
+                await asyncio.sleep(random.uniform(0.001, self.backoff))
+                continue
+            except OverlayUnavailable:
+                # The store may or may not have landed: one more fetch tells, if time allows.
+                if self._clock() >= until:
+                    raise
+                previous = decision
+                continue
+            return decision
+        self.stats.failures += 1
+        raise OverlayUnavailable(f"{self.conflict_retries + 1} generation conflicts in a row")
+
+    # --- transport of one request, with retries of transient failures ------------------
+
+    async def _ask(
+        self,
+        rid: int,
+        body: MessageBody,
+        until: float | None,
+        *,
+        conflict_is_error: bool = False,
+    ) -> MessageBody:
+        if until is None:
+            until = self._clock() + self.deadline
+        delay = self.backoff
+        last = "no attempt"
+        while True:
+            left = until - self._clock()
+            if left <= 0:
+                self.stats.failures += 1
+                raise OverlayUnavailable(f"no usable answer in time: {last}")
+            try:
+                message = await self._rt.request(
+                    (ResourceDestination(rid),), body, min(self.request_timeout, left)
+                )
+            except OverlayRequestError as exc:
+                last = exc.reason
+            else:
+                answer = message.body
+                if not isinstance(answer, ErrorResponse):
+                    return answer
+                code = answer.error_code
+                if conflict_is_error and code in (
+                    ErrorCode.GENERATION_COUNTER_TOO_LOW,
+                    ErrorCode.DATA_TOO_OLD,
+                ):
+                    raise GenerationConflict(answer.text)
+                if code not in RETRYABLE:
+                    raise StoreRefused(code, answer.text)
+                last = f"error {code}: {answer.text}"
+            self.stats.retries += 1
+            pause = min(delay, max(0.0, until - self._clock()))
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, 0.5)
+
+
+def _applied(state: AorState, decision: RegisterDecision) -> bool:
+    """Whether ``state`` already holds exactly what ``decision`` wrote."""
+    for b in decision.upserts:
+        if state.bindings.get(b.key) != b:
+            return False
+    return all(key not in state.bindings for key in decision.removals)
