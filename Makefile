@@ -49,13 +49,14 @@ ring: $(RUN_STAMP)
 # The Debian tools the tests need. Installed only when missing, and only where apt-get can run
 # as root; anywhere else we say what to install instead of failing obscurely later.
 tools:
-	@if ! command -v tshark >/dev/null 2>&1 || ! command -v dumpcap >/dev/null 2>&1; then \
+	@if ! command -v tshark >/dev/null 2>&1 || ! command -v dumpcap >/dev/null 2>&1 \
+	    || ! command -v sipp >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing tshark (apt-get)"; \
+	    echo "installing tshark and sip-tester (apt-get)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends tshark sip-tester; \
 	  else \
-	    echo "error: tshark is missing; install it as root: apt-get install tshark" >&2; \
+	    echo "error: tshark or sipp is missing; install them as root: apt-get install tshark sip-tester" >&2; \
 	    exit 1; \
 	  fi; \
 	fi

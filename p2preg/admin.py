@@ -5,16 +5,19 @@ GET  /v1/ring         the ring walked from this peer, in ring order (Probe over 
 GET  /v1/route/{key}  the hop path to the peer responsible for an AOR or a 32-hex id
 GET  /v1/records      what this peer holds for one resource (?resource=HEX, ?aor=AOR, ?name=NAME)
 GET  /v1/records/all  every record this peer holds, one compact row each (?role=, ?kind=)
+GET  /v1/aor/{aor}    an AOR's bindings (through the overlay), responsible peer and replicas
 GET  /v1/kv/{name}    fetch the DEBUG-KV value of a name through the overlay
 PUT  /v1/kv/{name}    store one (body = value, ?lifetime=SECONDS) through the overlay
 POST /v1/leave        leave the ring gracefully; the process then exits 0
-GET  /metrics         Prometheus text: the overlay's counters and neighbour counts, records held
+GET  /metrics         Prometheus text: the overlay's counters and neighbour counts, records held,
+                      and the SIP front end's counters and latency histograms
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -33,7 +36,18 @@ from p2preg.kv import (
     RingUnavailable,
     now_ms,
 )
-from p2preg.ring import BadKey, key_to_resource, route_path, self_entry, walk_ring
+from p2preg.ring import (
+    BadKey,
+    RingQueryError,
+    key_to_resource,
+    probe,
+    probe_entry,
+    route_path,
+    self_entry,
+    walk_ring,
+)
+from p2preg.sip.bindings_store import OverlayBindings, OverlayUnavailable, StoreRefused
+from p2preg.sip.uri import UriError, aor_resource_name, canonical_aor, parse_sip_uri
 from storage import Record, Role
 
 if TYPE_CHECKING:
@@ -72,6 +86,7 @@ def node_info(node: Node) -> dict[str, Any]:
         "replica_records": node.counts.replica,
         "durability": node.options.durability.value,
         "counters": dict(node.rt.counters),
+        "sip_metrics": node.sip.metrics() if node.sip is not None else None,
     }
 
 
@@ -327,6 +342,90 @@ async def get_route(request: web.Request) -> web.Response:
     return web.json_response(result, status=status)
 
 
+# --- an AOR's bindings, like `kamctl ul show` ------------------------------------------------
+
+
+def _canonical_aor(text: str) -> str:
+    raw = text.strip()
+    if ":" not in raw.split("@", 1)[0]:
+        raw = "sip:" + raw  # alice@example.com means sip:alice@example.com
+    try:
+        return canonical_aor(parse_sip_uri(raw))
+    except UriError as exc:
+        raise web.HTTPBadRequest(reason=f"bad AOR {text!r}: {exc}") from None
+
+
+async def _peer_entry(node: Node, node_id: int) -> dict[str, Any]:
+    """Id and addresses of a peer (from its Probe answer), or just its id when it is silent."""
+    if node_id == node.node_id:
+        return {
+            "node_id": id_hex(node_id),
+            "overlay": str(node.overlay_address) if node.overlay_address else None,
+            "admin": str(node.admin_address) if node.admin_address else None,
+            "sip": str(node.sip_address) if node.sip_address else None,
+        }
+    try:
+        entry, _ = probe_entry(node_id, await probe(node.rt, node_id))
+    except RingQueryError as exc:
+        return {"node_id": id_hex(node_id), "overlay": None, "admin": None, "sip": None,
+                "error": str(exc)}  # fmt: skip
+    return {k: entry[k] for k in ("node_id", "overlay", "admin", "sip")}
+
+
+async def _replica_ids(node: Node, owner: int) -> list[int]:
+    """The owner's first successors: where the replication layer keeps its copies."""
+    count = node.replicas
+    if owner == node.node_id:
+        successors = list(node.rt.view().successors)
+    else:
+        try:
+            _, successors = probe_entry(owner, await probe(node.rt, owner))
+        except RingQueryError:
+            return []
+    return [s for s in successors if s != owner][:count]
+
+
+async def get_aor(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    refusal = _require_joined(node)
+    if refusal is not None:
+        return refusal
+    aor = _canonical_aor(request.match_info["aor"])
+    name = aor_resource_name(aor)
+    bindings = node.sip.bindings if node.sip is not None else OverlayBindings(node.rt)
+    try:
+        state = await bindings.fetch(name)
+    except OverlayUnavailable as exc:
+        return _error(503, f"cannot fetch the bindings of {aor}: {exc}")
+    except StoreRefused as exc:
+        return _error(502, f"fetching the bindings of {aor} was refused: {exc}")
+    now = time.time()
+    route = await route_path(node.rt, aor, admin=str(node.admin_address))
+    responsible: dict[str, Any] | None = None
+    replicas: list[dict[str, Any]] = []
+    if route["responsible"] is not None:
+        owner = parse_id(route["responsible"])
+        responsible = await _peer_entry(node, owner)
+        replicas = [await _peer_entry(node, r) for r in await _replica_ids(node, owner)]
+    live = sorted(
+        (b for b in state.bindings.values() if b.live(now)),
+        key=lambda b: (-b.q_value, b.expires_at),
+    )
+    return web.json_response(
+        {
+            "aor": aor,
+            "resource_name": name,
+            "resource_id": route["resource_id"],
+            "responsible": responsible,
+            "replicas": replicas,
+            "route_error": route["error"],
+            "generation": state.generation,
+            "now": now,
+            "bindings": [b.describe(now) for b in live],
+        }
+    )
+
+
 async def post_leave(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     # Answer first: the leave closes this very server once the overlay has said goodbye.
@@ -364,6 +463,8 @@ async def get_metrics(request: web.Request) -> web.Response:
     ]
     for name, value in sorted(node.kv.counters.items()):
         lines.append(f'p2preg_kv_operations_total{{op="{name}"}} {value}')
+    if node.sip is not None:
+        lines += node.sip.prometheus_lines()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
@@ -390,6 +491,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/route/{key:.+}", get_route)
     app.router.add_get("/v1/records", get_records)
     app.router.add_get("/v1/records/all", get_all_records)
+    app.router.add_get("/v1/aor/{aor:.+}", get_aor)
     app.router.add_get("/v1/kv/{name:.+}", get_kv)
     app.router.add_put("/v1/kv/{name:.+}", put_kv)
     app.router.add_post("/v1/leave", post_leave)

@@ -28,6 +28,49 @@ DEFAULT_ADMIN_TIMEOUT = 60.0
 
 # --- argument parsing -------------------------------------------------------------------------
 
+RUN_EPILOG = """\
+config file (--config FILE, TOML):
+  Top-level keys are the options above without the leading dashes ("-" or "_" alike);
+  flags given on the command line override them. The [registrar] table (file only) sets
+  the registrar's rules and the SIP front end's limits:
+    domains           domains served; a REGISTER for another domain gets 403 (Request-URI)
+                      or 404 (To) (default: [] = any domain)
+    default_expires   seconds granted when a REGISTER names none (default: 3600)
+    min_expires       shortest registration accepted (default: 60)
+    max_expires       longer requests are cut to this (default: 86400)
+    min_expires_mode  "423": refuse a shorter one with 423 Interval Too Brief and
+                      Min-Expires; "clamp": grant min_expires instead (default: "423")
+    max_contacts      bindings per AOR; one more gets 503 (default: 10)
+    max_contacts_mode "503", or "evict" to drop the oldest binding (default: "503")
+    retry_after       Retry-After seconds of every 503 (default: 5)
+    max_in_flight     overload bound: REGISTERs and lookups waiting on the ring at once;
+                      past it requests get 503 + Retry-After at once (default: 1000)
+    overlay_deadline  seconds a REGISTER or lookup may wait on the ring before its 503
+                      (default: 5.0)
+    max_connections, half_open_timeout, idle_timeout
+                      SIP TCP limits: open streams, seconds to finish a started message,
+                      seconds an idle stream is kept (defaults: 1024, 10.0, 300.0)
+  An unknown key is an error (exit 2).
+
+example:
+  data-dir = "/var/lib/p2preg"
+  overlay = "10.0.0.5:7000"
+  admin = "127.0.0.1:7080"
+  sip = "0.0.0.0:5060"
+  bootstrap = ["10.0.0.6:7000", "10.0.0.7:7000"]
+
+  [registrar]
+  domains = ["example.com"]
+  min_expires = 60
+  min_expires_mode = "clamp"
+  max_contacts = 5
+  max_in_flight = 2000
+
+  p2preg run --config p2preg.toml --log-level debug
+"""
+
+REQUIRED_RUN = (("data_dir", "--data-dir"), ("overlay", "--overlay"), ("admin", "--admin"))
+
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
@@ -65,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
             "admin API with `p2preg status|ring|route|leave --admin HOST:PORT`; store and\n"
             "fetch test values through the ring with `p2preg put|get` and see the copies a\n"
             "node holds with `p2preg records`; `p2preg sim` runs the overlay in a\n"
-            "deterministic simulator. `p2preg COMMAND --help` explains each command."
+            "deterministic simulator. `p2preg lookup AOR` shows an AOR's SIP bindings.\n"
+            "`p2preg COMMAND --help` explains each command."
         ),
     )
     parser.add_argument("--version", action="version", version=f"p2preg {__version__}")
@@ -80,12 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
             "it joins the ring those peers belong to. Logs go to stderr. SIGTERM or SIGINT (or\n"
             "POST /v1/leave) makes the node leave the ring gracefully and exit 0.\n"
             "Port 0 in any address means any free port; the bound ports are logged\n"
-            "('overlay listening on HOST:PORT') and written to --ready-file."
+            "('overlay listening on HOST:PORT') and written to --ready-file.\n"
+            "--data-dir, --overlay and --admin are required, as flags or in --config FILE."
         ),
+        epilog=RUN_EPILOG,
+    )
+    run.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="read options from this TOML file: any option below (name without the dashes) "
+        "and the [registrar] table described at the end. Flags given on the command line "
+        "override the file. Default: none",
     )
     run.add_argument(
         "--data-dir",
-        required=True,
         type=Path,
         metavar="DIR",
         help="directory for this node's state: its node id and its records (DIR/store, LMDB); "
@@ -94,21 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--overlay",
-        required=True,
         metavar="HOST:PORT",
         help="address the overlay (RELOAD over TCP) listens on; peers must be able to reach it",
     )
     run.add_argument(
         "--admin",
-        required=True,
         metavar="HOST:PORT",
         help="address of the admin HTTP API (JSON) used by the p2preg CLI; keep it private",
     )
     run.add_argument(
         "--sip",
         metavar="HOST:PORT",
-        help="SIP address; accepted now, served once the SIP front end lands (issue 4). "
-        "Default: none",
+        help="address the SIP registrar listens on, UDP and TCP on the same port (e.g. "
+        "0.0.0.0:5060). Its rules are the [registrar] settings of --config. Default: none, "
+        "i.e. an overlay-only node",
     )
     run.add_argument(
         "--bootstrap",
@@ -135,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-file",
         type=Path,
         metavar="PATH",
-        help="once both listeners are bound, write JSON {node_id, overlay, admin, sip, pid} "
+        help="once the listeners are bound, write JSON {node_id, overlay, admin, sip, pid} "
         "here (for scripts and tests). Default: none",
     )
     run.add_argument(
@@ -333,6 +385,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_admin_args(records)
 
+    lookup = sub.add_parser(
+        "lookup",
+        formatter_class=_Formatter,
+        help="show an AOR's SIP bindings, its responsible peer and its replicas",
+        description=(
+            "Show the registrations of one AOR (GET /v1/aor/AOR), like `kamctl ul show`: the\n"
+            "peer responsible for it (id and addresses), the peers holding its replicas, and\n"
+            "each live binding: contact, seconds until it expires, q, Call-ID, CSeq, where the\n"
+            "REGISTER came from (received), user agent. The bindings are fetched through the\n"
+            "ring, so any node can be asked. AOR is e.g. sip:alice@example.com (sip: is assumed\n"
+            "when there is no scheme). Exit 1 with one line when the AOR has no bindings."
+        ),
+    )
+    lookup.add_argument("aor", metavar="AOR", help="address of record, e.g. sip:alice@example.com")
+    _add_admin_args(lookup)
+
     leave = sub.add_parser(
         "leave",
         formatter_class=_Formatter,
@@ -484,7 +552,7 @@ def render_status(info: dict[str, Any]) -> str:
         f"State      {info['state']}",
         f"Overlay    {info['overlay']}  (ring {info.get('overlay_name', '?')!r})",
         f"Admin      {info['admin']}",
-        f"SIP        {info['sip'] or '- (SIP front end not built yet)'}",
+        f"SIP        {info['sip'] or '- (no --sip)'}",
         f"Uptime     {_uptime(info['uptime_s'])}",
         f"Owns       {_ownership(info['responsible_ppb'])} of the ring",
         f"Fingers    {len(info['fingers'])} filled",
@@ -590,6 +658,54 @@ def render_route(route: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _peer_line(peer: dict[str, Any] | None) -> str:
+    if peer is None:
+        return "- (route incomplete)"
+    parts = [peer["node_id"]]
+    for what in ("overlay", "admin", "sip"):
+        if peer.get(what):
+            parts.append(f"{what} {peer[what]}")
+    if peer.get("error"):
+        parts.append(f"(did not answer: {peer['error']})")
+    return "  ".join(parts)
+
+
+def render_aor(answer: dict[str, Any]) -> str:
+    out = [
+        f"AOR          {answer['aor']}",
+        f"Resource     {answer['resource_name']} -> {answer['resource_id']}",
+        f"Responsible  {_peer_line(answer['responsible'])}",
+    ]
+    replicas = answer["replicas"] or []
+    if not replicas:
+        out.append("Replicas     -")
+    for i, peer in enumerate(replicas):
+        out.append(f"{'Replicas' if i == 0 else '':<12} {_peer_line(peer)}")
+    if answer.get("route_error"):
+        out.append(f"(route: {answer['route_error']})")
+    out.append("")
+    rows = []
+    for b in answer["bindings"]:
+        rows.append(
+            [
+                b["contact"],
+                f"{b['expires_in']}s",
+                b["q"] if b["q"] is not None else "-",
+                b["call_id"],
+                str(b["cseq"]),
+                b["received"],
+                b["user_agent"] or "-",
+            ]
+        )
+    if rows:
+        header = ["Contact", "Expires", "Q", "Call-ID", "CSeq", "Received", "User-Agent"]
+        out.append(_table(header, rows))
+        out.append(f"{len(rows)} binding{'s' if len(rows) != 1 else ''}")
+    else:
+        out.append("No bindings.")
+    return "\n".join(out)
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
@@ -667,6 +783,16 @@ def cmd_records(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lookup(args: argparse.Namespace) -> int:
+    path = "/v1/aor/" + urllib.parse.quote(args.aor, safe="")
+    answer = _checked(*admin_call(args.admin, "GET", path, args.timeout), args.admin)
+    _print_json(answer) if args.json else print(render_aor(answer))
+    if not answer["bindings"]:
+        print(f"p2preg lookup: no bindings for {answer['aor']}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_leave(args: argparse.Namespace) -> int:
     answer = _checked(*admin_call(args.admin, "POST", "/v1/leave", args.timeout), args.admin)
     if args.json:
@@ -716,6 +842,45 @@ class _Usage(Exception):
     """A bad argument found after parsing: one line, exit 2."""
 
 
+def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    for action in parser._actions:  # argparse has no public access to its subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            run: argparse.ArgumentParser = action.choices["run"]
+            return run
+    raise LookupError("no run subcommand")
+
+
+def apply_config_file(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace
+) -> argparse.Namespace:
+    """Re-parse ``p2preg run`` with the file's values as defaults: built-in default < file <
+    flag. Stores the file's [registrar] table on ``args.file_config``."""
+    from p2preg.config_file import ConfigError, load_config, run_parser_dests
+
+    run = _run_parser(parser)
+    try:
+        file_config = load_config(args.config, run_parser_dests(run))
+    except ConfigError as exc:
+        raise _Usage(str(exc)) from None
+    values = dict(file_config.run)
+    # An "extend" flag adds to its default: the file's bootstrap list is applied below only
+    # when no --bootstrap flag was given, so that the flags replace it.
+    file_bootstrap = values.pop("bootstrap", None)
+    run.set_defaults(**values)
+    args = parser.parse_args(argv)
+    if file_bootstrap is not None and not args.bootstrap:
+        args.bootstrap = list(file_bootstrap)
+    # argparse checks only given flags against their choices, never defaults.
+    for action in run._actions:
+        if action.choices is not None and action.dest in values:
+            value = getattr(args, action.dest)
+            if value not in action.choices:
+                choices = ", ".join(map(str, action.choices))
+                raise _Usage(f"{args.config}: {action.dest} must be one of {choices}")
+    args.file_config = file_config
+    return args
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from overlay.config import ChordConfig
     from p2preg.logs import setup_logging
@@ -728,8 +893,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         parse_address,
         run_node,
     )
+    from p2preg.sip.registrar import RegistrarConfig
     from storage import Durability
 
+    for dest, flag in REQUIRED_RUN:
+        if getattr(args, dest) is None:
+            raise _Usage(f"missing {flag} (give the flag, or {flag[2:]} in a --config file)")
+    file_config = getattr(args, "file_config", None)
     try:
         config = ChordConfig(
             overlay_name=args.overlay_name,
@@ -763,6 +933,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             durability=Durability(args.durability),
             anti_entropy_interval=args.anti_entropy_interval,
             max_map_size=None if args.max_map_size is None else args.max_map_size << 20,
+            registrar=file_config.registrar if file_config else RegistrarConfig(),
+            sip_service=dict(file_config.service) if file_config else {},
         )
         if options.node_id is not None:
             # Check before touching the data directory: a typo must not leave files behind.
@@ -796,6 +968,7 @@ COMMANDS = {
     "put": cmd_put,
     "get": cmd_get,
     "records": cmd_records,
+    "lookup": cmd_lookup,
     "leave": cmd_leave,
     "sim": cmd_sim,
 }
@@ -809,6 +982,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     prog = f"p2preg {args.command}"
     try:
+        if args.command == "run" and args.config is not None:
+            args = apply_config_file(parser, argv, args)
         return COMMANDS[args.command](args)
     except _Usage as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import lmdb
 
@@ -29,6 +29,9 @@ from p2preg.admin import AdminServer
 from p2preg.kinds import KIND_LIMITS
 from p2preg.kv import KvClient, now_ms
 from p2preg.logs import short_id
+from p2preg.sip.registrar import RegistrarConfig
+from p2preg.sip.service import SipService
+from p2preg.sip.transport import StreamLimits
 from storage import Durability, RecordStore, Role
 
 log = logging.getLogger("p2preg.node")
@@ -108,6 +111,9 @@ class NodeOptions:
     durability: Durability = Durability.SYNC
     anti_entropy_interval: float | None = None  # None: the overlay's default
     max_map_size: int | None = None  # bytes; None: the store's default
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    # The front-end settings of the config file's [registrar] table (config_file.SERVICE_KEYS).
+    sip_service: dict[str, Any] = field(default_factory=dict)
 
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
@@ -139,6 +145,22 @@ def open_store(options: NodeOptions) -> RecordStore:
         return RecordStore(directory, KIND_LIMITS, durability=Durability.ASYNC, **sizes)
     except (lmdb.Error, OSError, ValueError) as exc:
         raise SetupError(f"cannot open the record store in {directory}: {exc}") from None
+
+
+def make_sip_service(options: NodeOptions, runtime: OverlayRuntime) -> SipService | None:
+    if options.sip is None:
+        return None
+    settings = dict(options.sip_service)
+    limit_names = ("max_connections", "half_open_timeout", "idle_timeout")
+    limits = {k: settings.pop(k) for k in limit_names if k in settings}
+    return SipService(
+        runtime,
+        options.registrar,
+        options.sip.host,
+        options.sip.port,
+        limits=StreamLimits(**limits) if limits else None,
+        **settings,
+    )
 
 
 def replication_config(options: NodeOptions) -> ReplicationConfig:
@@ -191,10 +213,13 @@ class Node:
             durability=options.durability.value,
             replication=replication_config(options),
         )
+        self.replicas = replication_config(options).replicas
         self.kv = KvClient(self.rt)
+        self.sip = make_sip_service(options, self.rt)
         self.admin = AdminServer(self)
         self.overlay_address: Address | None = None
         self.admin_address: Address | None = None
+        self._sip_address: Address | None = None
         self.counts = RecordCounts()
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-read")
         self._counter: asyncio.Task[None] | None = None
@@ -203,7 +228,7 @@ class Node:
 
     @property
     def sip_address(self) -> Address | None:
-        return None  # the SIP front end arrives with issue 4; --sip is only remembered until then
+        return self._sip_address
 
     def exp_probe(self) -> dict[str, object]:
         """Our part of every Probe answer: how operators and other peers' admin APIs reach us.
@@ -211,7 +236,7 @@ class Node:
         return {
             "overlay": str(self.overlay_address) if self.overlay_address else None,
             "admin": str(self.admin_address) if self.admin_address else None,
-            "sip": None,
+            "sip": str(self._sip_address) if self._sip_address else None,
             "state": self.rt.state.value,
             "version": __version__,
             "primary_records": self.counts.primary,
@@ -278,18 +303,22 @@ class Node:
             self.admin_address = await self.admin.start(opts.admin)
         except OSError as exc:
             log.error("cannot listen on admin address %s: %s", opts.admin, exc)
+            await self.admin.stop()
             await self.rt.close()
             return 1
         log.info("admin API listening on http://%s/v1/node", self.admin_address)
         self._counter = asyncio.create_task(self._count_loop(), name="record-counts")
-        # --- SIP front end (issue 4) -------------------------------------------------------
-        # Start the SIP service here, after the overlay and the admin API are up (it stores
-        # and fetches through self.rt, like self.kv) and before the ready file is written, so
-        # that the ready file can report its bound address. Stop it first thing in _shutdown.
-        if opts.sip is not None:
-            log.warning(
-                "--sip %s accepted, but the SIP front end is not built yet (issue 4)", opts.sip
-            )
+        # After the overlay (it stores and fetches through self.rt) and before the ready
+        # file, which reports its bound address.
+        if self.sip is not None:
+            try:
+                host, port = await self.sip.start()
+            except OSError as exc:
+                log.error("cannot listen on SIP address %s: %s", opts.sip, exc)
+                await self.sip.stop()
+                await self._close_early()
+                return 1
+            self._sip_address = Address(host, port)
         if opts.bootstrap:
             log.info("joining ring %r through %s", opts.config.overlay_name, _join(opts.bootstrap))
         else:
@@ -304,13 +333,19 @@ class Node:
             "node_id": id_hex(self.node_id),
             "overlay": str(self.overlay_address),
             "admin": str(self.admin_address),
-            "sip": None,
+            "sip": str(self._sip_address) if self._sip_address else None,
             "pid": os.getpid(),
         }
         _write_atomically(path, json.dumps(info) + "\n")
 
     async def _shutdown(self) -> int:
-        # --- SIP front end (issue 4): stop the SIP service here, before leaving the ring.
+        if self.sip is not None:
+            # First: a REGISTER accepted now could not be stored once we are gone, and the
+            # clients retransmit to another node.
+            try:
+                await self.sip.stop()
+            except Exception:
+                log.exception("stopping the SIP service failed")
         log.info("leaving the overlay (%s)", self._stop_reason)
         budget = self.options.config.leave_timeout + LEAVE_TIMEOUT_MARGIN
         if self.rt.state in (PeerState.JOINED, PeerState.JOINING):
@@ -329,6 +364,14 @@ class Node:
         self._close_store()
         log.info("left the ring; exiting")
         return 0
+
+    async def _close_early(self) -> None:
+        """Undo a start that failed after the admin API came up (nothing joined yet)."""
+        await self.admin.stop()
+        with contextlib.suppress(Exception):
+            await self.rt.close()
+        await self._stop_counting()
+        self._readers.shutdown(wait=True)
 
     async def _stop_counting(self) -> None:
         if self._counter is not None:

@@ -2,8 +2,11 @@
 """Start a local ring of N p2preg peers on 127.0.0.1 and keep it up until Ctrl-C / SIGTERM.
 
 Each peer is a separate `python -m p2preg run` process with ports chosen by the kernel (port 0)
-and its data directory under DIR/nodeK (default ./.ring, kept between runs so peers keep their
-ids); logs go to DIR/nodeK/node.log. The first peer starts the ring, the rest bootstrap from it.
+for its overlay, admin API and SIP registrar (UDP and TCP), and its data directory under
+DIR/nodeK (default ./.ring, kept between runs so peers keep their ids); logs go to
+DIR/nodeK/node.log. The first peer starts the ring, the rest bootstrap from it. Once the ring
+is up it prints a command that registers a test user through one peer (SIPp with
+tests/sipp/register.xml, or sipsak) and a `p2preg lookup` of that user through another.
 On Ctrl-C or SIGTERM every peer gets SIGTERM and leaves the ring gracefully.
 
 Arguments after `--` are passed to every `p2preg run` (e.g. `-- --ping-interval 0.5`).
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +31,9 @@ from p2preg.cli import AdminUnreachable, admin_call
 READY_TIMEOUT = 30.0
 CONVERGE_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
+REPO = Path(__file__).resolve().parent.parent
+TEST_USER = "alice"
+TEST_DOMAIN = "example.com"
 
 
 class Peer:
@@ -45,6 +53,7 @@ class Peer:
             "--data-dir", str(self.dir),
             "--overlay", f"{host}:0",
             "--admin", f"{host}:0",
+            "--sip", f"{host}:0",
             "--ready-file", str(self.ready_file),
         ]  # fmt: skip
         if bootstrap:
@@ -87,6 +96,37 @@ def wait_converged(peers: list[Peer], deadline: float) -> list[dict[str, Any]]:
                 return nodes
         time.sleep(0.3)
     return nodes
+
+
+def try_commands(root: Path, register_at: Peer, lookup_at: Peer) -> list[str]:
+    """Shell lines that register a test user through one peer and look it up through another
+    (the binding is fetched through the ring, wherever the responsible peer is)."""
+    sip = register_at.info.get("sip")
+    if not sip:
+        return []
+    aor = f"sip:{TEST_USER}@{TEST_DOMAIN}"
+    if shutil.which("sipp") or not shutil.which("sipsak"):
+        users = (root / "users.csv").resolve()
+        users.write_text(f"SEQUENTIAL\n{TEST_USER};{TEST_DOMAIN};\n")
+        host = sip.rpartition(":")[0]
+        register = [
+            "sipp", sip, "-sf", str(REPO / "tests" / "sipp" / "register.xml"),
+            "-inf", str(users), "-m", "1", "-i", host, "-p", "0", "-nostdin",
+            "-timeout", "10s",
+        ]  # fmt: skip
+        note = "register (SIPp, UDP; exit 0 = 200 OK)"
+    else:
+        register = ["sipsak", "-U", "-C", f"sip:{TEST_USER}@127.0.0.1:5999",
+                    "-s", f"sip:{TEST_USER}@{sip}", "-x", "3600"]  # fmt: skip
+        aor = f"sip:{TEST_USER}@{sip}"
+        note = "register (sipsak)"
+    lookup = ["p2preg", "lookup", aor, "--admin", str(lookup_at.info["admin"])]
+    return [
+        f"{note} through peer {register_at.index}:",
+        "  " + shlex.join(register),
+        f"look it up through peer {lookup_at.index}:",
+        "  " + shlex.join(lookup),
+    ]
 
 
 def stop_all(peers: list[Peer]) -> int:
@@ -148,12 +188,15 @@ def main() -> int:
         elapsed = time.monotonic() - started
         by_id = {n["node_id"]: n for n in nodes}
         ordered = sorted(peers, key=lambda p: p.info["node_id"])
-        print(f"{'peer':<5} {'node id':<34} {'overlay':<22} {'admin':<22} state", flush=True)
+        print(
+            f"{'peer':<5} {'node id':<34} {'overlay':<22} {'admin':<22} {'sip':<22} state",
+            flush=True,
+        )
         for p in ordered:
             state = by_id.get(p.info["node_id"], {}).get("state") or "?"
             print(
                 f"{p.index:<5} {p.info['node_id']:<34} {p.info['overlay']:<22} "
-                f"{p.info['admin']:<22} {state}"
+                f"{p.info['admin']:<22} {p.info.get('sip') or '-':<22} {state}"
             )
         if len(by_id) == len(peers):
             print(f"ring of {len(peers)} peers up in {elapsed:.1f} s")
@@ -161,6 +204,8 @@ def main() -> int:
             print(f"warning: the ring walk shows {len(by_id)} of {len(peers)} peers so far")
         print(f"logs: {args.dir}/node*/node.log")
         print(f"try:  p2preg ring --admin {peers[0].info['admin']}   (p2preg is in .venv/bin)")
+        for line in try_commands(args.dir, peers[0], peers[-1] if len(peers) > 1 else peers[0]):
+            print(line)
         print("Ctrl-C makes every peer leave gracefully.", flush=True)
         while not stop:
             for p in peers:

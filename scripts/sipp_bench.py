@@ -5,7 +5,7 @@
                                            [--transport udp|tcp] [--mode process|inprocess]
 
 ``process`` (default) starts real ``p2preg run --sip 127.0.0.1:0`` nodes; ``inprocess`` runs
-the runtimes and SIP services inside this script (no replication; for development). Each
+the runtimes and SIP services inside this one process (for development). Each
 run sends ``--calls`` REGISTERs of distinct users at a fixed rate, spread over the ring's
 nodes (one SIPp per node), and prints a table: offered rate, achieved rate of 200 OKs,
 failures, p50/p99/max response time (SIPp's per-call RTD, -trace_rtt; whole ms, so

@@ -1,9 +1,9 @@
 """In-process SIP nodes (OverlayRuntime + RecordStore + SipService) and small SIP clients.
 
-The runtimes answer Store/Fetch from their own LMDB store through the runtime's
-``app_handler`` (the same interim wiring node.py uses until overlay replication lands), so
-these rings have no replicas: enough for the front end, which only sees Store and Fetch
-answers. Multi-process tests use real ``p2preg run`` nodes instead (harness.py).
+Each runtime has the node's storage wiring: its LMDB store as the replication backend
+(primary copies plus replicas on the next successors, handoff on join and leave), so SIP
+tests exercise replication as a real node does. Multi-process tests use real
+``p2preg run`` nodes instead (harness.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from overlay.actions import Address, PeerState
 from overlay.config import ChordConfig
-from overlay.messages import ErrorCode, ErrorResponse, FetchAns, FetchReq, Message, StoreReq
+from overlay.replication_backend import ReplicationConfig
 from overlay.runtime import OverlayRuntime
 from overlay.transport import LinkConfig
 from p2preg.kinds import KIND_LIMITS
@@ -28,7 +28,7 @@ from p2preg.sip.parser import Frame, StreamFramer
 from p2preg.sip.registrar import RegistrarConfig
 from p2preg.sip.service import SipService
 from p2preg.sip.transport import StreamLimits
-from storage import RecordStore, Role, StoreError
+from storage import RecordStore
 
 CONFIG = ChordConfig(
     overlay_name="sip-test",
@@ -44,6 +44,7 @@ CONFIG = ChordConfig(
     dead_hold=3.0,
 )
 LINKS = LinkConfig(failure_floor=1.5, connect_timeout=1.0, check_interval=0.1)
+REPLICATION = ReplicationConfig()  # what a node runs with by default
 
 
 async def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -55,22 +56,6 @@ async def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-def storage_handler(store: RecordStore) -> Callable[[Message], Any]:
-    async def handle(message: Message) -> Any:
-        body = message.body
-        now_ms = int(time.time() * 1000)
-        try:
-            if isinstance(body, StoreReq):
-                return store.apply_store(body, now_ms, Role.PRIMARY).store_ans(())
-            if isinstance(body, FetchReq):
-                return FetchAns(store.fetch(body.resource, body.specifiers, now_ms))
-        except StoreError as exc:
-            return ErrorResponse(exc.code, exc.message.encode())
-        return ErrorResponse(ErrorCode.FORBIDDEN, b"not a storage request")
-
-    return handle
 
 
 @dataclass
@@ -93,8 +78,11 @@ class SipRing:
         bootstrap: Sequence[Address] = (),
         *,
         registrar: RegistrarConfig | None = None,
+        durability: str = "async",
         **service_args: Any,
     ) -> SipNode:
+        # As node.py opens it: the store never flushes per commit; with durability "sync"
+        # the runtime flushes before answering.
         store = RecordStore(self.root / f"store-{node_id:032x}", KIND_LIMITS, durability="async")
         runtime = OverlayRuntime(
             node_id=node_id,
@@ -102,8 +90,10 @@ class SipRing:
             host="127.0.0.1",
             port=0,
             rng=random.Random(node_id),
-            app_handler=storage_handler(store),
             link_config=LINKS,
+            backend=store,
+            durability=durability,
+            replication=REPLICATION,
         )
         service = SipService(runtime, registrar, "127.0.0.1", 0, **service_args)
         node = SipNode(runtime, store, service)
