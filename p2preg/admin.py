@@ -24,7 +24,7 @@ from aiohttp import web
 
 from overlay.actions import Address, PeerState
 from overlay.chord import PeerView
-from overlay.ids import id_hex, parse_id, resource_id
+from overlay.ids import RING, cw_distance, id_hex, parse_id, resource_id
 from overlay.messages import ErrorCode
 from p2preg import __version__
 from p2preg.kinds import kind_info, kind_name
@@ -433,6 +433,17 @@ async def post_leave(request: web.Request) -> web.Response:
     return web.json_response({"node_id": id_hex(node.node_id), "leaving": True}, status=202)
 
 
+def ring_size_estimate(view: PeerView) -> int:
+    """Peers on the ring as this peer sees it. When our successor and predecessor lists overlap
+    the ring is small enough that they hold every peer; otherwise extrapolate from how much of
+    the ring the successor list spans (the usual Chord estimate)."""
+    succ, pred = view.successors, view.predecessors
+    if not succ or set(succ) & set(pred):
+        return len(set(succ) | set(pred) | {view.node_id})
+    span = cw_distance(view.node_id, succ[-1]) or RING
+    return max(len(succ) + len(pred) + 1, round(len(succ) * RING / span))
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     view = node.rt.view()
@@ -457,6 +468,14 @@ async def get_metrics(request: web.Request) -> web.Response:
         "# TYPE p2preg_store_records gauge",
         f'p2preg_store_records{{role="primary"}} {counts.primary}',
         f'p2preg_store_records{{role="replica"}} {counts.replica}',
+        "# TYPE p2preg_sip_bindings gauge",
+        f'p2preg_sip_bindings{{role="primary"}} {counts.bindings_primary}',
+        f'p2preg_sip_bindings{{role="replica"}} {counts.bindings_replica}',
+        "# TYPE p2preg_sip_aors gauge",
+        f'p2preg_sip_aors{{role="primary"}} {counts.aors_primary}',
+        f'p2preg_sip_aors{{role="replica"}} {counts.aors_replica}',
+        "# TYPE p2preg_overlay_ring_size_estimate gauge",
+        f"p2preg_overlay_ring_size_estimate {ring_size_estimate(view)}",
         "# TYPE p2preg_store_map_bytes gauge",
         f"p2preg_store_map_bytes {node.store.map_size}",
         "# TYPE p2preg_kv_operations_total counter",

@@ -26,7 +26,7 @@ from overlay.replication_backend import ReplicationConfig
 from overlay.runtime import OverlayRuntime
 from p2preg import __version__
 from p2preg.admin import AdminServer
-from p2preg.kinds import KIND_LIMITS
+from p2preg.kinds import KIND_LIMITS, SIP_BINDING
 from p2preg.kv import KvClient, now_ms
 from p2preg.logs import short_id
 from p2preg.sip.registrar import RegistrarConfig
@@ -176,12 +176,20 @@ class RecordCounts:
     tombstones: int = 0  # included in primary/replica: removals kept until they expire
     resources: int = 0  # distinct Resource-IDs among them
     counted_at: float = 0.0  # monotonic
+    # SIP-BINDING records that exist, and the distinct AORs they belong to, by role
+    bindings_primary: int = 0
+    bindings_replica: int = 0
+    aors_primary: int = 0
+    aors_replica: int = 0
 
 
 def count_records(store: RecordStore) -> RecordCounts:
     """One pass over the unexpired records (reads may run on any thread)."""
     primary = replica = tombstones = resources = 0
+    bindings = {Role.PRIMARY: 0, Role.REPLICA: 0}
+    aors = {Role.PRIMARY: 0, Role.REPLICA: 0}
     last: int | None = None
+    last_aor: int | None = None
     for rec in store.scan_range(0, 0, now_ms()):
         if rec.resource != last:
             resources += 1
@@ -192,7 +200,23 @@ def count_records(store: RecordStore) -> RecordCounts:
             replica += 1
         if not rec.exists:
             tombstones += 1
-    return RecordCounts(primary, replica, tombstones, resources, time.monotonic())
+        elif rec.kind == SIP_BINDING:
+            bindings[rec.role] += 1
+            # Records come in key order (resource first), so one AOR's bindings are adjacent.
+            if rec.resource != last_aor:
+                aors[rec.role] += 1
+                last_aor = rec.resource
+    return RecordCounts(
+        primary,
+        replica,
+        tombstones,
+        resources,
+        time.monotonic(),
+        bindings[Role.PRIMARY],
+        bindings[Role.REPLICA],
+        aors[Role.PRIMARY],
+        aors[Role.REPLICA],
+    )
 
 
 class Node:

@@ -12,7 +12,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from harness import Cluster, http_json, responsible_and_replicas, run_cli, wait_ring
+from harness import (
+    Cluster,
+    http_json,
+    responsible_and_replicas,
+    run_cli,
+    wait_for,
+    wait_ring,
+)
 from sip_support import UdpClient, header_values, request, status_of
 
 from overlay.ids import id_hex, resource_id
@@ -96,6 +103,26 @@ def test_lookup_and_aor_api_show_a_binding_through_another_node(cluster: Cluster
         text = response.read().decode()
     assert 'p2preg_sip_requests_total{method="REGISTER"} 1' in text
     assert 'p2preg_sip_responses_total{method="REGISTER",code="200"} 1' in text
+
+    # Bindings and AORs held, by role: one primary on the owner, one replica on each replica
+    # (counts are refreshed in the background, hence the wait); every peer sees 3 peers.
+    def metrics_of(admin: str) -> str:
+        with urllib.request.urlopen(f"http://{admin}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    by_id = {n.node_id: n for n in cluster.nodes}
+    for node_id, role in [(owner, "primary"), *((r, "replica") for r in replicas)]:
+        want = [
+            f'p2preg_sip_bindings{{role="{role}"}} 1',
+            f'p2preg_sip_aors{{role="{role}"}} 1',
+            "p2preg_overlay_ring_size_estimate 3",
+        ]
+        admin = by_id[node_id].admin
+        wait_for(
+            lambda admin=admin, want=want: all(w in metrics_of(admin) for w in want),
+            15.0,
+            f"binding/AOR gauges of {role} {node_id[:8]}",
+        )
 
 
 def test_config_file_values_are_used_and_flags_override_them(
