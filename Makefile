@@ -50,13 +50,14 @@ ring: $(RUN_STAMP)
 # as root; anywhere else we say what to install instead of failing obscurely later.
 tools:
 	@if ! command -v tshark >/dev/null 2>&1 || ! command -v dumpcap >/dev/null 2>&1 \
-	    || ! command -v sipp >/dev/null 2>&1; then \
+	    || ! command -v sipp >/dev/null 2>&1 \
+	    || ! { command -v kamailio || test -x /usr/sbin/kamailio; } >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing tshark and sip-tester (apt-get)"; \
+	    echo "installing tshark, sip-tester and kamailio (apt-get)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends tshark sip-tester; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends tshark sip-tester kamailio; \
 	  else \
-	    echo "error: tshark or sipp is missing; install them as root: apt-get install tshark sip-tester" >&2; \
+	    echo "error: tshark, sipp or kamailio is missing; install them as root: apt-get install tshark sip-tester kamailio" >&2; \
 	    exit 1; \
 	  fi; \
 	fi
