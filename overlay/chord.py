@@ -789,26 +789,16 @@ class ChordPeer:
         if pending is None:
             return  # a Ping answer, or a late duplicate
         purpose = pending.purpose
+        self._transaction_ended(pending, tid)
         if purpose == _APP:
             self._actions.append(RequestCompleted(tid, message))
         elif purpose == _DATA:
             if self._data is not None:
                 self._data.on_answer(tid, message, now)
-        elif purpose in (_CAND, _FINGER):
-            key = pending.arg if purpose == _CAND else -pending.arg
-            if self._attaching.get(key) == tid:
-                del self._attaching[key]
-            if isinstance(body, AttachAns) and responder is not None:
-                self._on_attach_answer(pending, responder, body, now)
-        elif purpose == _JOIN:
-            if isinstance(body, ErrorResponse):
-                self._restart_join(now)
-        elif purpose == _LEAVE:
-            self._leave_tids.discard(tid)
-            if not self._leave_tids and self._state is PeerState.LEAVING:
-                self._become_left()
-        elif purpose == _UPDATE and self._update_tid.get(pending.arg) == tid:
-            del self._update_tid[pending.arg]
+        elif purpose in (_CAND, _FINGER) and isinstance(body, AttachAns) and responder is not None:
+            self._on_attach_answer(pending, responder, body, now)
+        elif purpose == _JOIN and isinstance(body, ErrorResponse):
+            self._restart_join(now)
 
     def _retransmit(self, tid: int, now: float) -> None:
         pending = self._pending.get(tid)
@@ -848,17 +838,22 @@ class ChordPeer:
 
     def _request_failed(self, pending: _Pending, tid: int, now: float) -> None:
         purpose = pending.purpose
+        self._transaction_ended(pending, tid)
         if purpose == _APP:
             self._actions.append(RequestFailed(tid, "no answer within the request lifetime"))
         elif purpose == _DATA:
             if self._data is not None:
                 self._data.on_failed(tid, "no answer within the request lifetime", now)
-        elif purpose in (_CAND, _FINGER):
+        elif purpose == _JOIN:
+            self._restart_join(now)
+
+    def _transaction_ended(self, pending: _Pending, tid: int) -> None:
+        """Bookkeeping common to an answered and a failed request of ours."""
+        purpose = pending.purpose
+        if purpose in (_CAND, _FINGER):
             key = pending.arg if purpose == _CAND else -pending.arg
             if self._attaching.get(key) == tid:
                 del self._attaching[key]
-        elif purpose == _JOIN:
-            self._restart_join(now)
         elif purpose == _LEAVE:
             self._leave_tids.discard(tid)
             if not self._leave_tids and self._state is PeerState.LEAVING:
