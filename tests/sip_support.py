@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fast_timers import FAST_LINKS, fast_chord
+
 from overlay.actions import Address, PeerState
-from overlay.config import ChordConfig
 from overlay.replication_backend import ReplicationConfig
 from overlay.runtime import OverlayRuntime
-from overlay.transport import LinkConfig
 from p2preg.kinds import KIND_LIMITS
 from p2preg.sip.parser import Frame, StreamFramer
 from p2preg.sip.registrar import RegistrarConfig
@@ -30,20 +30,8 @@ from p2preg.sip.service import SipService
 from p2preg.sip.transport import StreamLimits
 from storage import RecordStore
 
-CONFIG = ChordConfig(
-    overlay_name="sip-test",
-    ping_interval=0.3,
-    missed_pings=3,
-    update_interval=1.0,
-    finger_interval=0.3,
-    retransmit_interval=0.5,
-    request_lifetime=4.0,
-    duplicate_window=4.0,
-    leave_timeout=1.0,
-    join_retry=0.5,
-    dead_hold=3.0,
-)
-LINKS = LinkConfig(failure_floor=1.5, connect_timeout=1.0, check_interval=0.1)
+CONFIG = fast_chord("sip-test")
+LINKS = FAST_LINKS
 REPLICATION = ReplicationConfig()  # what a node runs with by default
 
 

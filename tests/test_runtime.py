@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fast_timers import FAST_LINKS, fast_chord
 
 from overlay.actions import Address, Event, PeerState, StateChanged
 from overlay.codec import decode_message, encode_message
-from overlay.config import ChordConfig
 from overlay.framing import DataFrame, FrameDecoder, encode_data
 from overlay.ids import in_open_closed
 from overlay.messages import (
@@ -34,22 +34,9 @@ from overlay.messages import (
     overlay_hash,
 )
 from overlay.runtime import OverlayRequestError, OverlayRuntime
-from overlay.transport import LinkConfig
 
-CONFIG = ChordConfig(
-    overlay_name="runtime-test",
-    ping_interval=0.3,
-    missed_pings=3,
-    update_interval=1.0,
-    finger_interval=0.3,
-    retransmit_interval=0.5,
-    request_lifetime=4.0,
-    duplicate_window=4.0,
-    leave_timeout=1.0,
-    join_retry=0.5,
-    dead_hold=3.0,
-)
-LINKS = LinkConfig(failure_floor=1.5, connect_timeout=1.0, check_interval=0.1)
+CONFIG = fast_chord("runtime-test")
+LINKS = FAST_LINKS
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float, what: str = "") -> float:
