@@ -90,6 +90,15 @@ class RequestFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalAnswer:
+    """The answer to a Store this peer took without a message (``Replicator.store_here``):
+    an action like a Send, so a durable runtime holds it back until the write is flushed."""
+
+    token: int
+    body: MessageBody
+
+
+@dataclass(frozen=True, slots=True)
 class Dropped:
     """A message we could not handle (bad destination, TTL, unknown peer). For logs and metrics."""
 
@@ -97,7 +106,15 @@ class Dropped:
     message: Message | None = None
 
 
-Event = StateChanged | NeighborsChanged | AppRequest | RequestCompleted | RequestFailed | Dropped
+Event = (
+    StateChanged
+    | NeighborsChanged
+    | AppRequest
+    | RequestCompleted
+    | RequestFailed
+    | LocalAnswer
+    | Dropped
+)
 Action = Send | Event
 
 __all__ = [
@@ -106,6 +123,7 @@ __all__ = [
     "AppRequest",
     "Dropped",
     "Event",
+    "LocalAnswer",
     "MessageBody",
     "NeighborsChanged",
     "PeerState",

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from overlay import replication_ae as ae
-from overlay.actions import PeerState
+from overlay.actions import LocalAnswer, PeerState
 from overlay.chord import ChordPeer
 from overlay.ids import in_open_closed
 from overlay.messages import (
@@ -97,7 +97,7 @@ __all__ = [
 
 @dataclass(eq=False)
 class _Original:
-    request: Message
+    reply: Callable[[MessageBody, float], None]  # the answer to the request, once
     generations: tuple[tuple[int, int], ...]
     targets: int
     pending: int
@@ -155,6 +155,7 @@ class Replicator:
         self._me = peer.node_id
         self._waiting: dict[int, Callback] = {}
         self._early: dict[int, Message | None] = {}
+        self._local: list[LocalAnswer] = []  # answers to store_here, for the runtime
         self._timers: list[tuple[float, int, Callable[[float], None]]] = []
         self._seq = 0
         self._queue: deque[tuple[tuple[Destination, ...], StoreReq, Callback]] = deque()
@@ -356,6 +357,21 @@ class Replicator:
             answer = ErrorResponse(exc.code, exc.info)
         self._respond(message, answer, now)
 
+    def fetch_here(self, req: FetchReq, now: float) -> MessageBody | None:
+        """The answer to a Fetch for a resource this peer is responsible for, read without a
+        message: what routing the request to ourselves would deliver (``_on_fetch``), minus the
+        overlay bookkeeping. None when the resource is not ours: it must go through the ring."""
+        specs = req.specifiers
+        if (specs and specs[0].kind == ANTI_ENTROPY_KIND) or not self.peer.is_responsible(
+            req.resource
+        ):
+            return None
+        self.counters["fetches"] += 1
+        try:
+            return FetchAns(self.backend.fetch(req.resource, specs, self.ms(now)))
+        except StoreRejected as exc:
+            return ErrorResponse(exc.code, exc.info)
+
     def _anti_entropy_answer(self, spec: StoredDataSpecifier, now: float) -> MessageBody:
         ms = self.ms(now)
         values: list[StoredData] = []
@@ -383,34 +399,70 @@ class Replicator:
         return FetchAns((FetchKindResponse(ANTI_ENTROPY_KIND, 0, tuple(values)),))
 
     # ------------------------------------------------------------------ stores
+    def store_here(self, req: StoreReq, now: float, token: int) -> bool:
+        """Take an original store for a resource this peer is responsible for without a
+        message: the same rules and replica round as one routed to ourselves, but its answer
+        comes out of ``take_local_answers`` as ``LocalAnswer(token, body)``. False (nothing
+        done) when the resource is not ours right now: send it through the ring instead."""
+        peer = self.peer
+        if (
+            req.replica_number != 0
+            or peer.state is not PeerState.JOINED
+            or not peer.is_responsible(req.resource)
+        ):
+            return False
+
+        def reply(body: MessageBody, _now: float) -> None:
+            self._local.append(LocalAnswer(token, body))
+
+        self._original(req, now, reply)
+        return True
+
+    def take_local_answers(self) -> list[LocalAnswer]:
+        answers = self._local
+        self._local = []
+        return answers
+
     def _on_original(self, message: Message, req: StoreReq, now: float) -> None:
+        def reply(body: MessageBody, t: float) -> None:
+            self._respond(message, body, t)
+
+        self._original(req, now, reply)
+
+    def _original(
+        self, req: StoreReq, now: float, reply: Callable[[MessageBody, float], None]
+    ) -> None:
         peer = self.peer
         state = peer.state
+
+        def error(code: int, text: str) -> None:
+            reply(ErrorResponse(code, text.encode("utf-8")), now)
+
         if state is PeerState.LEAVING or state is PeerState.JOINING or self._leave is not None:
             self.counters["rejected_in_progress"] += 1
-            self._error(message, ErrorCode.IN_PROGRESS, "handing data over, retry", now)
+            error(ErrorCode.IN_PROGRESS, "handing data over, retry")
             return
         if state is not PeerState.JOINED or not peer.is_responsible(req.resource):
             self.counters["rejected_not_responsible"] += 1
-            self._error(message, ErrorCode.FORBIDDEN, NOT_RESPONSIBLE, now)
+            error(ErrorCode.FORBIDDEN, NOT_RESPONSIBLE)
             return
         if self._in_handoff(req.resource):
             self.counters["rejected_in_progress"] += 1
-            self._error(message, ErrorCode.IN_PROGRESS, "range being handed to a joining peer", now)
+            error(ErrorCode.IN_PROGRESS, "range being handed to a joining peer")
             return
         try:
             outcome = self._apply(req, now, Role.PRIMARY)
         except StoreRejected as exc:
             self.counters["rejected_store"] += 1
-            self._respond(message, ErrorResponse(exc.code, exc.info), now)
+            reply(ErrorResponse(exc.code, exc.info), now)
             return
         except Exception as exc:  # e.g. the map is full: refused, never silently dropped
             self.counters["rejected_store"] += 1
-            self._error(message, ErrorCode.DATA_TOO_LARGE, f"store failed: {exc}", now)
+            error(ErrorCode.DATA_TOO_LARGE, f"store failed: {exc}")
             return
         self.counters["stores_original"] += 1
         targets = peer.successors[: self.config.replicas]
-        op = _Original(message, outcome.generations, len(targets), len(targets))
+        op = _Original(reply, outcome.generations, len(targets), len(targets))
         if not targets:
             self._finish_original(op, now)
             return
@@ -445,11 +497,11 @@ class Replicator:
         self.counters["replicas_acked"] += len(op.acked)
         self.counters["replicas_missing"] += op.targets - len(op.acked)
         if op.targets and not op.acked:
-            self._error(op.request, ErrorCode.REQUEST_TIMEOUT, "no replica acknowledged", now)
+            op.reply(ErrorResponse(ErrorCode.REQUEST_TIMEOUT, b"no replica acknowledged"), now)
             return
         replicas = tuple(op.acked)
         answer = StoreAns(tuple(StoreKindResponse(k, g, replicas) for k, g in op.generations))
-        self._respond(op.request, answer, now)
+        op.reply(answer, now)
 
     def _on_copy(self, message: Message, req: StoreReq, now: float) -> None:
         peer = self.peer

@@ -25,6 +25,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from overlay.actions import (
     Action,
@@ -32,6 +33,7 @@ from overlay.actions import (
     AppRequest,
     Dropped,
     Event,
+    LocalAnswer,
     NeighborsChanged,
     PeerState,
     RequestCompleted,
@@ -64,6 +66,7 @@ from overlay.transport import Link, LinkConfig, LinkLayer, LinkStats
 log = logging.getLogger("p2preg.overlay")
 
 AppHandler = Callable[[Message], Awaitable[MessageBody]]
+T = TypeVar("T")
 _LIST_LENGTHS = struct.Struct("!HHH")  # via, destination, options lengths at header offset 32
 
 
@@ -73,6 +76,11 @@ class OverlayRequestError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _time_out(future: asyncio.Future[T], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(OverlayRequestError(f"no answer within {timeout} s"))
 
 
 def _short(node_id: int) -> str:
@@ -148,6 +156,8 @@ class OverlayRuntime:
         self._address: Address | None = None
         self._listeners: list[Callable[[Event], None]] = []
         self._requests: dict[int, asyncio.Future[Message]] = {}
+        self._local: dict[int, asyncio.Future[MessageBody]] = {}  # stores taken by ask()
+        self._next_token = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -265,15 +275,49 @@ class OverlayRuntime:
         transaction_id = peer.request(tuple(destinations), body, self._clock())
         self._requests[transaction_id] = future
         self._drain()
+        return await self._within(future, timeout, lambda: self._requests.pop(transaction_id, None))
+
+    @staticmethod
+    async def _within(
+        future: asyncio.Future[T], timeout: float | None, forget: Callable[[], object]
+    ) -> T:
+        # A timer on the future itself: wait_for + shield would cost two more tasks each time.
+        timer = (
+            None
+            if timeout is None
+            else asyncio.get_running_loop().call_later(timeout, _time_out, future, timeout)
+        )
         try:
-            if timeout is None:
-                return await future
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), timeout)
-            except TimeoutError:
-                raise OverlayRequestError(f"no answer within {timeout} s") from None
+            return await future
         finally:
-            self._requests.pop(transaction_id, None)
+            if timer is not None:
+                timer.cancel()
+            forget()
+
+    async def ask(self, body: StoreReq | FetchReq, timeout: float) -> MessageBody:
+        """One Store or Fetch at ``body.resource``; returns the answer's body (which may be an
+        ErrorResponse). When this node is responsible for the resource it is served here with
+        no overlay message: a Fetch read on the spot, an original Store taken by the
+        replicator under the same rules (replica copies, and the flush before the answer in
+        sync durability). Otherwise it is routed through the ring like :meth:`request`.
+        OverlayRequestError when no answer came within ``timeout`` s."""
+        replicator = self._replicator
+        if replicator is not None and not self._closed:
+            if isinstance(body, FetchReq):
+                answer = replicator.fetch_here(body, self._clock())
+                if answer is not None:
+                    return answer
+            else:
+                token = self._next_token
+                self._next_token += 1
+                future: asyncio.Future[MessageBody] = asyncio.get_running_loop().create_future()
+                self._local[token] = future
+                if replicator.store_here(body, self._clock(), token):
+                    self._drain()
+                    return await self._within(future, timeout, lambda: self._local.pop(token))
+                del self._local[token]
+        message = await self.request([ResourceDestination(body.resource)], body, timeout)
+        return message.body
 
     async def data_request(
         self, body: StoreReq | FetchReq, timeout: float = 10.0, backoff: float = 0.2
@@ -326,10 +370,15 @@ class OverlayRuntime:
         self._held.clear()
         if self._flush_pool is not None:
             self._flush_pool.shutdown(wait=True)
+        closed = OverlayRequestError("runtime closed")
         for future in self._requests.values():
             if not future.done():
-                future.set_exception(OverlayRequestError("runtime closed"))
+                future.set_exception(closed)
+        for local in self._local.values():
+            if not local.done():
+                local.set_exception(closed)
         self._requests.clear()
+        self._local.clear()
 
     # --- feeding the peer -------------------------------------------------------
     def _call(self, fn: Callable[[ChordPeer, float], object]) -> None:
@@ -408,7 +457,12 @@ class OverlayRuntime:
         if peer is None:
             return
         replicator = self._replicator
-        while actions := peer.take_actions():
+        while True:
+            actions = peer.take_actions()
+            if replicator is not None:
+                actions += replicator.take_local_answers()
+            if not actions:
+                break
             wrote = replicator is not None and replicator.take_dirty()
             if self._durable and (wrote or self._flusher is not None):
                 # Behind the barrier: out only after a flush that covers every write so far.
@@ -478,6 +532,11 @@ class OverlayRuntime:
             future = self._requests.get(event.transaction_id)
             if future is not None and not future.done():
                 future.set_result(event.response)
+        elif isinstance(event, LocalAnswer):
+            local = self._local.get(event.token)
+            if local is not None and not local.done():
+                local.set_result(event.body)
+            return  # ours alone: not for listeners
         elif isinstance(event, RequestFailed):
             self._counters["requests_failed"] += 1
             future = self._requests.get(event.transaction_id)

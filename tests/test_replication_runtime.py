@@ -15,6 +15,8 @@ from test_runtime import CONFIG, LINKS, responsible, wait_for
 
 from overlay.actions import PeerState
 from overlay.messages import (
+    ErrorCode,
+    ErrorResponse,
     FetchAns,
     FetchReq,
     StoreAns,
@@ -154,3 +156,48 @@ async def test_async_durability_never_flushes(
         assert isinstance(answer.body, StoreAns)
     assert sum(store.flushes for _, store in runtimes) == 0
     assert sum(r.counters["fsyncs"] for r, _ in runtimes) == 0
+
+
+async def test_ask_on_the_responsible_node_skips_the_overlay_but_not_the_rules(
+    runtimes: list[tuple[OverlayRuntime, WatchedStore]], tmp_path: Path
+) -> None:
+    """``OverlayRuntime.ask`` serves the owner's own Store/Fetch without an overlay message,
+    yet the write is replicated to both successors and answered only after the flush; from
+    any other node the same call is routed."""
+    await start_ring(runtimes, tmp_path, "sync")
+    by_id = {rt.node_id: (rt, store) for rt, store in runtimes}
+    ids = list(by_id)
+    rng = random.Random(11)
+    for i in range(40):
+        resource = rng.getrandbits(128)
+        owner_rt, owner_store = by_id[responsible(ids, resource)]
+        other_rt = next(rt for rt in (r for r, _ in runtimes) if rt is not owner_rt)
+        for rt, value in ((owner_rt, b"here%d" % i), (other_rt, b"routed%d" % i)):
+            routed_before = owner_rt.counters.get("received.STORE_REQ", 0)
+            sent_before = rt.counters.get("sent.STORE_REQ", 0)
+            answer = await rt.ask(store_req(resource, value), timeout=5.0)
+            assert isinstance(answer, StoreAns), answer
+            [kr] = answer.kind_responses
+            assert len(kr.replicas) == 2 and owner_rt.node_id not in kr.replicas
+            assert owner_store.flushed_seq >= owner_store.commit_of[resource]
+            for node in kr.replicas:
+                assert by_id[node][1].flushed_seq >= by_id[node][1].commit_of[resource]
+            sent = rt.counters.get("sent.STORE_REQ", 0) - sent_before
+            if rt is owner_rt:
+                # Only the two replica copies left the owner; nothing was routed to it.
+                assert sent == 2
+                assert owner_rt.counters.get("received.STORE_REQ", 0) == routed_before
+            else:
+                assert sent >= 1
+            fetched = await other_rt.ask(FetchReq(resource, (StoredDataSpecifier(KIND),)), 5.0)
+            assert isinstance(fetched, FetchAns)
+            assert [sd.value for sd in fetched.kind_responses[0].values] == [value]
+            here = await owner_rt.ask(FetchReq(resource, (StoredDataSpecifier(KIND),)), 5.0)
+            assert isinstance(here, FetchAns) and here == fetched
+    # An original store older than the stored entry is refused here as through the ring.
+    resource = rng.getrandbits(128)
+    owner_rt, _ = by_id[responsible(ids, resource)]
+    assert isinstance(await owner_rt.ask(store_req(resource, b"new"), 5.0), StoreAns)
+    old = StoreReq(resource, 0, (StoreKindData(KIND, 0, (StoredData(1, 3600, b"k", b"old"),)),))
+    refused = await owner_rt.ask(old, 5.0)
+    assert isinstance(refused, ErrorResponse) and refused.error_code == ErrorCode.DATA_TOO_OLD

@@ -13,10 +13,9 @@ Error_Forbidden "not responsible" while the ring is in flux) and requests that g
 answer are retried after a short backoff until a deadline; past it the caller
 answers 503 + Retry-After (:class:`OverlayUnavailable`).
 
-When this node is itself responsible for the resource, ``OverlayRuntime.request`` delivers
-the request to the local storage handler without touching the network (ChordPeer
-``_send_own`` → ``_deliver`` → AppRequest, and the answer comes back through
-``_send_answer`` → ``_on_response``), so nothing here special-cases it.
+When this node is itself responsible for the resource, ``OverlayRuntime.ask`` serves the
+request without an overlay message (the replicator applies the same rules, sends the replica
+copies and holds the answer for the flush), so nothing here special-cases it.
 """
 
 from __future__ import annotations
@@ -25,20 +24,17 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from overlay.ids import resource_id
 from overlay.messages import (
-    Destination,
     ErrorCode,
     ErrorResponse,
     FetchAns,
     FetchReq,
-    Message,
     MessageBody,
-    ResourceDestination,
     StoreAns,
     StoredData,
     StoredDataSpecifier,
@@ -68,12 +64,7 @@ TOMBSTONE_MARGIN_S = 5
 class Requester(Protocol):
     """What we need of ``OverlayRuntime``."""
 
-    async def request(
-        self,
-        destinations: Sequence[Destination],
-        body: MessageBody,
-        timeout: float | None = None,
-    ) -> Message: ...
+    async def ask(self, body: StoreReq | FetchReq, timeout: float) -> MessageBody: ...
 
 
 class OverlayUnavailable(Exception):
@@ -151,7 +142,7 @@ class OverlayBindings:
         rid = resource_id(resource_name)
         body = FetchReq(rid, (StoredDataSpecifier(SIP_BINDING_KIND),))
         started = self._clock()
-        answer = await self._ask(rid, body, until)
+        answer = await self._ask(body, until)
         self.stats.fetches += 1
         self.stats.fetch_latency.observe(self._clock() - started)
         if not isinstance(answer, FetchAns):
@@ -213,7 +204,7 @@ class OverlayBindings:
             return
         body = StoreReq(rid, 0, (StoreKindData(SIP_BINDING_KIND, state.generation, tuple(values)),))
         started = self._clock()
-        answer = await self._ask(rid, body, until, conflict_is_error=True)
+        answer = await self._ask(body, until, conflict_is_error=True)
         self.stats.stores += 1
         self.stats.store_latency.observe(self._clock() - started)
         if not isinstance(answer, StoreAns):
@@ -274,8 +265,7 @@ class OverlayBindings:
 
     async def _ask(
         self,
-        rid: int,
-        body: MessageBody,
+        body: StoreReq | FetchReq,
         until: float | None,
         *,
         conflict_is_error: bool = False,
@@ -290,13 +280,10 @@ class OverlayBindings:
                 self.stats.failures += 1
                 raise OverlayUnavailable(f"no usable answer in time: {last}")
             try:
-                message = await self._rt.request(
-                    (ResourceDestination(rid),), body, min(self.request_timeout, left)
-                )
+                answer = await self._rt.ask(body, min(self.request_timeout, left))
             except OverlayRequestError as exc:
                 last = exc.reason
             else:
-                answer = message.body
                 if not isinstance(answer, ErrorResponse):
                     return answer
                 code = answer.error_code
