@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 from overlay.actions import Address
 from overlay.framing import (
@@ -146,7 +147,8 @@ class _LinkProtocol(asyncio.Protocol):
         self.link = link
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport; uvloop's do not subclass asyncio.Transport, so no isinstance.
+        transport = cast(asyncio.Transport, transport)
         if self.link is None:
             self.link = self._layer._accept(transport)
         else:

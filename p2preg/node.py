@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import gc
 import json
 import logging
 import os
@@ -415,9 +416,56 @@ def _join(addresses: Sequence[Address]) -> str:
     return ", ".join(str(a) for a in addresses)
 
 
-def run_node(options: NodeOptions, node_id: int, store: RecordStore) -> int:
-    """Run the node on an opened store (see open_store); the store is closed on return."""
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def event_loop_policy(choice: str) -> tuple[asyncio.AbstractEventLoopPolicy | None, str]:
+    """The policy for ``--event-loop`` and its name for the log; None: asyncio's default.
+    "auto" takes uvloop when it is installed (the ``fast`` extra); "uvloop" insists."""
+    if choice not in EVENT_LOOPS:
+        raise SetupError(f"unknown event loop {choice!r}: choose one of {', '.join(EVENT_LOOPS)}")
+    if choice == "asyncio":
+        return None, "asyncio"
     try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SetupError(
+                "--event-loop uvloop: uvloop is not installed (pip install 'p2preg[fast]')"
+            ) from None
+        return None, "asyncio (uvloop not installed)"
+    from importlib.metadata import version
+
+    return uvloop.EventLoopPolicy(), f"uvloop {version('uvloop')}"
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper collections for a long-running server. Everything alive at start-up
+    (modules, config, the store) is frozen out of the collector's scans, and the youngest
+    generation collects every 20,000 allocations instead of 700: under REGISTER load the
+    default thresholds ran a full collection every few seconds, each a 15-45 ms pause of the
+    event loop (measured with gc.callbacks at 800 REGISTER/s), which is what p99 latency saw.
+    Collection stays on: reference cycles are still reclaimed."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
+def run_node(
+    options: NodeOptions,
+    node_id: int,
+    store: RecordStore,
+    event_loop: tuple[asyncio.AbstractEventLoopPolicy | None, str] = (None, "asyncio"),
+) -> int:
+    """Run the node on an opened store (see open_store); the store is closed on return.
+    ``event_loop`` is what :func:`event_loop_policy` returned."""
+    try:
+        policy, loop_name = event_loop
+        if policy is not None:
+            asyncio.set_event_loop_policy(policy)
+        log.info("event loop: %s", loop_name)
+        tune_gc()
         return asyncio.run(Node(options, node_id, store).run())
     finally:
+        asyncio.set_event_loop_policy(None)
         store.close()  # after an early error exit too; closing twice is harmless

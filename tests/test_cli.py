@@ -146,3 +146,13 @@ def test_sim_rejects_bad_fraction() -> None:
     result = run_cli("sim", "--nodes", "10", "--fail", "1.5")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_event_loop_choice() -> None:
+    from p2preg.node import SetupError, event_loop_policy
+
+    assert event_loop_policy("asyncio") == (None, "asyncio")
+    policy, name = event_loop_policy("auto")
+    assert (policy is None) == name.startswith("asyncio")
+    with pytest.raises(SetupError, match="unknown event loop"):
+        event_loop_policy("tokio")

@@ -389,3 +389,26 @@ def test_binding_survives_kill_9_of_the_responsible_peer(cluster: Cluster) -> No
 
     wait_for(every_survivor_redirects, 60.0, "every survivor to redirect", 0.5,
              lambda: repr(last[0]))  # fmt: skip
+
+
+def test_asyncio_and_uvloop_nodes_serve_one_ring(cluster: Cluster) -> None:
+    """uvloop is an optional fast path: a node on the standard library's loop and one on
+    uvloop form one ring and serve each other's bindings; each logs which loop it runs."""
+    pytest.importorskip("uvloop")
+    plain = cluster.start(extra=["--sip", "127.0.0.1:0", "--event-loop", "asyncio"])
+    fast = cluster.start([plain.overlay], extra=["--sip", "127.0.0.1:0", "--event-loop", "uvloop"])
+    wait_ring(cluster.nodes, [plain.node_id, fast.node_id], 30.0)
+    assert "event loop: asyncio" in plain.log_tail(400)
+    assert "event loop: uvloop" in fast.log_tail(400)
+    for i in range(20):
+        front, back = (plain, fast) if i % 2 else (fast, plain)
+        aor = f"sip:loop{i}@example.com"
+        contact = f"<sip:loop{i}@192.0.2.44:5060>"
+        reply = asyncio.run(
+            _ask_udp(sip_address(front.info), request("REGISTER", "sip:example.com", to=aor,
+                                                      contacts=[contact], expires=600))
+        )  # fmt: skip
+        assert reply is not None and status_of(reply) == 200, reply
+        lookup = asyncio.run(_ask_udp(sip_address(back.info), request("INVITE", aor, to=aor)))
+        assert lookup is not None and status_of(lookup) == 302, lookup
+        assert header_values(lookup, "contact")[0].startswith(contact)
