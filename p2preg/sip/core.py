@@ -79,6 +79,9 @@ class NeedLookup:
 Step = Respond | Drop | NeedRegister | NeedLookup
 Need = NeedRegister | NeedLookup
 
+# Only a datagram starting with one of these can be a keepalive (all CR, LF, NUL).
+_KEEPALIVE_STARTS = (b"", b"\r", b"\n", b"\x00")
+
 
 class SipCore:
     def __init__(
@@ -90,7 +93,7 @@ class SipCore:
     # --- entry points ---------------------------------------------------------------
 
     def receive(self, data: bytes, source: Source, now: float, *, stream: bool = False) -> Step:
-        if not data.strip(b"\r\n\x00"):
+        if data[:1] in _KEEPALIVE_STARTS and not data.strip(b"\r\n\x00"):
             return Drop("keepalive")
         try:
             message = parse_message(data, datagram=not stream)

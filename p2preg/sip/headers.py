@@ -243,6 +243,10 @@ def parse_via(value: str) -> Via:
 
 # --- name-addr / addr-spec ---------------------------------------------------------------
 
+_ENCLOSED_JUNK_RE = re.compile(r'[ \t<"]')
+_BARE_JUNK_RE = re.compile(r'[?,<>"]')
+_ADDR_SPEC_END_RE = re.compile(r"[ \t;]")
+
 
 @dataclass(frozen=True, slots=True)
 class NameAddr:
@@ -269,12 +273,13 @@ def parse_name_addr(value: str) -> NameAddr:
     n = len(s)
     display: str | None = None
     i = 0
-    if s.startswith('"'):
+    first = s[:1]
+    if first == '"':
         display, i = read_quoted(s, 0)
         i = _skip_ws(s, i)
         if i >= n or s[i] != "<":
             raise HeaderError("display name without <URI>")
-    else:
+    elif first != "<":
         lt = s.find("<")
         if lt >= 0:
             words = s[:lt].split()
@@ -288,17 +293,16 @@ def parse_name_addr(value: str) -> NameAddr:
         if gt < 0:
             raise HeaderError("missing '>'")
         uri_text = s[i + 1 : gt]
-        if not uri_text or any(c in uri_text for c in ' \t<"'):
+        if not uri_text or _ENCLOSED_JUNK_RE.search(uri_text) is not None:
             raise HeaderError("whitespace or junk inside <URI>")
         rest_start = gt + 1
     else:
-        j = i
-        while j < n and s[j] not in " \t;":
-            j += 1
+        end = _ADDR_SPEC_END_RE.search(s, i)
+        j = n if end is None else end.start()
         uri_text = s[i:j]
         if not uri_text:
             raise HeaderError("missing URI")
-        if any(c in uri_text for c in '?,<>"'):
+        if _BARE_JUNK_RE.search(uri_text) is not None:
             raise HeaderError("URI with '?' or ',' must be enclosed in <>")
         rest_start = j
     try:
@@ -338,21 +342,36 @@ class CSeq:
     method: str
 
 
+def _is_digits(text: str) -> bool:
+    """``[0-9]+``, without a regex call (str.isdigit alone also takes other scripts)."""
+    return text.isascii() and text.isdigit()
+
+
+# Methods every REGISTER and lookup names; anything else goes through the token check.
+COMMON_METHODS = frozenset(
+    {"REGISTER", "INVITE", "ACK", "CANCEL", "OPTIONS", "BYE", "MESSAGE", "SUBSCRIBE"}
+)
+
+
 def parse_cseq(value: str) -> CSeq:
     parts = value.split()
-    if len(parts) != 2 or _DIGITS_RE.fullmatch(parts[0]) is None:
+    if len(parts) != 2 or not _is_digits(parts[0]):
         raise HeaderError("malformed CSeq")
-    if len(parts[0]) > 12 or int(parts[0]) >= CSEQ_LIMIT:
+    number_text, method = parts
+    if len(number_text) > 12:
         raise HeaderError("CSeq number too large")
-    if not is_token(parts[1]):
+    number = int(number_text)
+    if number >= CSEQ_LIMIT:
+        raise HeaderError("CSeq number too large")
+    if method not in COMMON_METHODS and not is_token(method):
         raise HeaderError("malformed CSeq method")
-    return CSeq(int(parts[0]), parts[1])
+    return CSeq(number, method)
 
 
 def parse_delta_seconds(value: str) -> int:
     """delta-seconds; values past 2**32-1 saturate (RFC 3261 §20.19 style)."""
     text = value.strip(_WS)
-    if _DIGITS_RE.fullmatch(text) is None:
+    if not _is_digits(text):
         raise HeaderError("not a number of seconds")
     if len(text) > 10:
         return DELTA_SECONDS_LIMIT
@@ -361,7 +380,7 @@ def parse_delta_seconds(value: str) -> int:
 
 def parse_max_forwards(value: str) -> int:
     text = value.strip(_WS)
-    if _DIGITS_RE.fullmatch(text) is None or len(text) > 5 or int(text) > 255:
+    if not _is_digits(text) or len(text) > 5 or int(text) > 255:
         raise HeaderError("Max-Forwards is not 0-255")
     return int(text)
 
@@ -391,12 +410,13 @@ def parse_option_tags(values: list[str]) -> list[str]:
 
 def parse_call_id(value: str) -> str:
     text = value.strip(_WS)
-    if not text or any(c in text for c in " \t"):
+    if not text or " " in text or "\t" in text:
         raise HeaderError("malformed Call-ID")
     return text
 
 
 __all__ = [
+    "COMMON_METHODS",
     "CSEQ_LIMIT",
     "STAR",
     "CSeq",

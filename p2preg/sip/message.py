@@ -7,8 +7,8 @@ REGISTER pays only for the headers the registrar reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from p2preg.sip.headers import (
     CSeq,
@@ -121,6 +121,14 @@ class Headers:
                 lst.append(value)
 
     @classmethod
+    def from_parts(cls, fields: list[tuple[str, str, str]], index: dict[str, list[str]]) -> Headers:
+        """Adopt fields and the index built from them (the parser builds both at once)."""
+        self = cls.__new__(cls)
+        self._fields = fields
+        self._index = index
+        return self
+
+    @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
         fields = []
         for name, value in pairs:
@@ -164,7 +172,22 @@ class Headers:
 
 
 class SipMessage:
-    __slots__ = ("_cache", "body", "headers", "version")
+    # One slot per typed view: a parsed value is cached on first use, and the hot path
+    # asks for Via, CSeq and To several times per request.
+    __slots__ = (
+        "_call_id",
+        "_contacts",
+        "_cseq",
+        "_expires",
+        "_from",
+        "_max_forwards",
+        "_tags",
+        "_to",
+        "_vias",
+        "body",
+        "headers",
+        "version",
+    )
 
     is_response = False
 
@@ -172,132 +195,121 @@ class SipMessage:
         self.headers = headers
         self.body = body
         self.version = version
-        self._cache: dict[str, Any] = {}
+        self._vias: list[Via] | None = None
+        self._cseq: CSeq | None = None
+        self._call_id: str | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
+        self._max_forwards: int | None = None
+        self._expires: int | None = None
+        self._contacts: list[NameAddr] | str | None = None
+        self._tags: dict[str, list[str]] | None = None
 
-    def _memo(self, name: str, compute: Any) -> Any:
-        try:
-            return self._cache[name]
-        except KeyError:
-            value = compute()
-            self._cache[name] = value
-            return value
+    def _error(self, reason: str) -> SipParseError:
+        return SipParseError(400, reason, headers=self.headers, is_response=self.is_response)
 
     def _single(self, key: str) -> str:
         values = self.headers.get_all(key)
-        if not values:
-            raise SipParseError(
-                400,
-                f"Missing {pretty_name(key)}",
-                headers=self.headers,
-                is_response=self.is_response,
-            )
-        if len(values) > 1:
-            raise SipParseError(
-                400,
-                f"Multiple {pretty_name(key)} headers",
-                headers=self.headers,
-                is_response=self.is_response,
-            )
+        if len(values) != 1:
+            if not values:
+                raise self._error(f"Missing {pretty_name(key)}")
+            raise self._error(f"Multiple {pretty_name(key)} headers")
         return values[0]
 
-    def _typed(self, key: str, parse: Any) -> Any:
-        def compute() -> Any:
-            value = self._single(key)
-            try:
-                return parse(value)
-            except (HeaderError, UriError) as exc:
-                raise SipParseError(
-                    400,
-                    f"Malformed {pretty_name(key)}: {exc}",
-                    headers=self.headers,
-                    is_response=self.is_response,
-                ) from None
-
-        return self._memo(key, compute)
+    def _typed(self, key: str, parse: Callable[[str], T]) -> T:
+        value = self._single(key)
+        try:
+            return parse(value)
+        except (HeaderError, UriError) as exc:
+            raise self._error(f"Malformed {pretty_name(key)}: {exc}") from None
 
     # Typed accessors; each raises SipParseError(400, "Missing/Malformed <header>").
 
     def vias(self) -> list[Via]:
-        def compute() -> list[Via]:
+        vias = self._vias
+        if vias is None:
             values = self.headers.values("via")
             if not values:
-                raise SipParseError(
-                    400, "Missing Via", headers=self.headers, is_response=self.is_response
-                )
+                raise self._error("Missing Via")
             try:
-                return [parse_via(v) for v in values]
+                vias = [parse_via(v) for v in values]
             except HeaderError as exc:
-                raise SipParseError(
-                    400, f"Malformed Via: {exc}", headers=self.headers, is_response=self.is_response
-                ) from None
-
-        result: list[Via] = self._memo("via", compute)
-        return result
+                raise self._error(f"Malformed Via: {exc}") from None
+            self._vias = vias
+        return vias
 
     def top_via(self) -> Via:
-        return self.vias()[0]
+        vias = self._vias
+        return vias[0] if vias is not None else self.vias()[0]
 
     def cseq(self) -> CSeq:
-        result: CSeq = self._typed("cseq", parse_cseq)
-        return result
+        cseq = self._cseq
+        if cseq is None:
+            cseq = self._cseq = self._typed("cseq", parse_cseq)
+        return cseq
 
     def call_id(self) -> str:
-        result: str = self._typed("call-id", parse_call_id)
-        return result
+        call_id = self._call_id
+        if call_id is None:
+            call_id = self._call_id = self._typed("call-id", parse_call_id)
+        return call_id
 
     def from_(self) -> NameAddr:
-        result: NameAddr = self._typed("from", parse_name_addr)
-        return result
+        value = self._from
+        if value is None:
+            value = self._from = self._typed("from", parse_name_addr)
+        return value
 
     def to(self) -> NameAddr:
-        result: NameAddr = self._typed("to", parse_name_addr)
-        return result
+        value = self._to
+        if value is None:
+            value = self._to = self._typed("to", parse_name_addr)
+        return value
 
     def max_forwards(self) -> int | None:
-        if "max-forwards" not in self.headers:
-            return None
-        result: int = self._typed("max-forwards", parse_max_forwards)
-        return result
+        value = self._max_forwards
+        if value is None:
+            if "max-forwards" not in self.headers:
+                return None
+            value = self._max_forwards = self._typed("max-forwards", parse_max_forwards)
+        return value
 
     def expires(self) -> int | None:
-        if "expires" not in self.headers:
-            return None
-        result: int = self._typed("expires", parse_delta_seconds)
-        return result
+        value = self._expires
+        if value is None:
+            if "expires" not in self.headers:
+                return None
+            value = self._expires = self._typed("expires", parse_delta_seconds)
+        return value
 
     def contacts(self) -> list[NameAddr] | str:
-        def compute() -> list[NameAddr] | str:
+        contacts = self._contacts
+        if contacts is None:
             try:
-                return parse_contacts(self.headers.get_all("contact"))
+                contacts = parse_contacts(self.headers.get_all("contact"))
             except (HeaderError, UriError) as exc:
-                raise SipParseError(
-                    400,
-                    f"Malformed Contact: {exc}",
-                    headers=self.headers,
-                    is_response=self.is_response,
-                ) from None
-
-        result: list[NameAddr] | str = self._memo("contact", compute)
-        return result
+                raise self._error(f"Malformed Contact: {exc}") from None
+            self._contacts = contacts
+        return contacts
 
     def option_tags(self, key: str) -> list[str]:
-        def compute() -> list[str]:
+        if key not in self.headers:
+            return []  # a fresh list, as parse_option_tags would return
+        tags = self._tags
+        if tags is None:
+            tags = self._tags = {}
+        result = tags.get(key)
+        if result is None:
             try:
-                return parse_option_tags(self.headers.get_all(key))
+                result = parse_option_tags(self.headers.get_all(key))
             except HeaderError as exc:
-                raise SipParseError(
-                    400,
-                    f"Malformed {pretty_name(key)}: {exc}",
-                    headers=self.headers,
-                    is_response=self.is_response,
-                ) from None
-
-        result: list[str] = self._memo(key, compute)
+                raise self._error(f"Malformed {pretty_name(key)}: {exc}") from None
+            tags[key] = result
         return result
 
 
 class SipRequest(SipMessage):
-    __slots__ = ("method", "uri")
+    __slots__ = ("_ruri", "method", "uri")
 
     def __init__(
         self,
@@ -310,21 +322,16 @@ class SipRequest(SipMessage):
         super().__init__(headers, body, version)
         self.method = method
         self.uri = uri
+        self._ruri: Uri | None = None
 
     def request_uri(self) -> Uri:
-        def compute() -> Uri:
+        ruri = self._ruri
+        if ruri is None:
             try:
-                return parse_uri(self.uri)
+                ruri = self._ruri = parse_uri(self.uri)
             except UriError as exc:
-                raise SipParseError(
-                    400,
-                    f"Malformed Request-URI: {exc}",
-                    headers=self.headers,
-                    is_response=self.is_response,
-                ) from None
-
-        result: Uri = self._memo("ruri", compute)
-        return result
+                raise self._error(f"Malformed Request-URI: {exc}") from None
+        return ruri
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from p2preg.sip.headers import COMMON_METHODS
 from p2preg.sip.message import (
     COMPACT_FORMS,
     Headers,
@@ -25,6 +26,12 @@ MAX_HEADER_LINES = 256
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _VERSION_RE = re.compile(r"[Ss][Ii][Pp]/[0-9]{1,3}\.[0-9]{1,3}")
 _DIGITS_RE = re.compile(r"[0-9]+")
+# Header names as they arrive (the text before the colon) -> (key, name as written back).
+# Only names that passed the token check are remembered, and only so many, so a peer
+# sending random names costs a bounded table.
+_NAMES: dict[str, tuple[str, str]] = {}
+_NAME_CACHE_SIZE = 512
+_NAME_CACHE_LENGTH = 40
 
 
 def parse_message(data: bytes, *, datagram: bool = True) -> SipRequest | SipResponse:
@@ -80,25 +87,38 @@ def _parse(data: bytes, datagram: bool) -> SipRequest | SipResponse:
         bad_line = None
 
     fields: list[tuple[str, str, str]] = []
+    index: dict[str, list[str]] = {}
+    names = _NAMES
     for line in lines[1:]:
-        if line[:1] in (" ", "\t"):
-            if not fields:
-                bad_line = bad_line or "Continuation line before first header"
+        raw_name, colon, value = line.partition(":")
+        # Only names that passed the checks below are in the table, and none starts with
+        # a blank, so a hit is a well-formed, unfolded "name [WS] ':' value" line.
+        known = names.get(raw_name) if colon else None
+        if known is None:
+            first = line[:1]
+            if first == " " or first == "\t":
+                if not fields:
+                    bad_line = bad_line or "Continuation line before first header"
+                    continue
+                key, name, value = fields[-1]
+                value = (value + " " + line.strip(" \t")).strip(" \t")
+                fields[-1] = (key, name, value)
+                index[key][-1] = value
                 continue
-            key, name, value = fields[-1]
-            fields[-1] = (key, name, (value + " " + line.strip(" \t")).strip(" \t"))
-            continue
-        name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or _TOKEN_RE.fullmatch(name) is None:
-            bad_line = bad_line or "Malformed header line"
-            continue
-        key = name.lower()
-        if len(key) == 1:
-            key = COMPACT_FORMS.get(key, key)
-            name = pretty_name(key)
-        fields.append((key, name, value.strip(" \t")))
-    headers = Headers(fields)
+            name = raw_name.rstrip(" \t")
+            if not colon or _TOKEN_RE.fullmatch(name) is None:
+                bad_line = bad_line or "Malformed header line"
+                continue
+            known = _known_name(raw_name, name)
+        key = known[0]
+        value = value.strip(" \t")
+        fields.append((key, known[1], value))
+        values = index.get(key)
+        if values is None:
+            index[key] = [value]
+        else:
+            values.append(value)
+    headers = Headers.from_parts(fields, index)
 
     start = lines[0]
     if start.startswith("SIP/"):
@@ -110,12 +130,25 @@ def _parse(data: bytes, datagram: bool) -> SipRequest | SipResponse:
     return SipRequest(request[0], request[1], headers, body, request[2])
 
 
+def _known_name(raw_name: str, name: str) -> tuple[str, str]:
+    """(key, name as written back) for a token header name; remembered under the name
+    as it arrived (``name`` plus any blanks before the colon)."""
+    key = name.lower()
+    if len(key) == 1:
+        key = COMPACT_FORMS.get(key, key)
+        name = pretty_name(key)
+    known = (key, name)
+    if len(raw_name) <= _NAME_CACHE_LENGTH and len(_NAMES) < _NAME_CACHE_SIZE:
+        _NAMES[raw_name] = known
+    return known
+
+
 def _parse_request_line(line: str, headers: Headers) -> tuple[str, str, str]:
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         raise SipParseError(400, "Malformed Request-Line", headers=headers)
     method, uri, version = parts
-    if _TOKEN_RE.fullmatch(method) is None:
+    if method not in COMMON_METHODS and _TOKEN_RE.fullmatch(method) is None:
         raise SipParseError(400, "Malformed Method", headers=headers)
     if version != "SIP/2.0":
         if _VERSION_RE.fullmatch(version) is None:
@@ -152,6 +185,8 @@ def content_length(headers: Headers, *, is_response: bool = False) -> int | None
     if not values:
         return None
     first = values[0]
+    if len(values) == 1 and len(first) <= 9 and first.isascii() and first.isdigit():
+        return int(first)  # the usual case; every check below would pass
     for value in values:
         if _DIGITS_RE.fullmatch(value) is None:
             raise SipParseError(

@@ -49,13 +49,16 @@ def http_date(now: float) -> str:
 
 
 def to_tag(headers: Headers) -> str:
-    h = hashlib.blake2s(digest_size=8)
-    for key in ("call-id", "from", "cseq"):
-        h.update((headers.get(key) or "").encode("utf-8", "surrogateescape"))
-        h.update(b"\x00")
     vias = headers.get_all("via")
-    h.update((vias[0] if vias else "").encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
+    text = "\x00".join(
+        (
+            headers.get("call-id") or "",
+            headers.get("from") or "",
+            headers.get("cseq") or "",
+            vias[0] if vias else "",
+        )
+    )
+    return hashlib.blake2s(text.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def _strip_brackets(host: str) -> str:
@@ -71,19 +74,20 @@ def _top_via_for_response(value: str, source: Source | None, via: Via | None) ->
             via = parse_via(value)
         except HeaderError:
             return value  # unparseable: echo it; the transport replies to the packet source
-    params = list(via.params)
-    rport = via.has_rport
-    if rport:
-        params = [(k, v) for k, v in params if k not in ("rport", "received")]
-        params.append(("received", source.host))
-        params.append(("rport", str(source.port)))
+    if via.has_rport:
+        dropped: tuple[str, ...] = ("rport", "received")
+        added = f";received={source.host};rport={source.port}"
     elif _strip_brackets(via.host).lower() != source.host.lower():
-        params = [(k, v) for k, v in params if k != "received"]
-        params.append(("received", source.host))
+        dropped = ("received",)
+        added = f";received={source.host}"
     else:
         return value
-    head = f"{via.protocol}/{via.transport} {via.sent_by}"
-    return head + "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+    out = [f"{via.protocol}/{via.transport} {via.sent_by}"]
+    for k, v in via.params:
+        if k not in dropped:
+            out.append(";" + k if v is None else f";{k}={v}")
+    out.append(added)
+    return "".join(out)
 
 
 def response_destination(
@@ -160,8 +164,12 @@ def build_response(
         lines.append(f"CSeq: {cseq}")
     for name, value in extra:
         lines.append(f"{name}: {value}")
-    if now is not None and not any(name == "Date" for name, _ in extra):
-        lines.append(f"Date: {http_date(now)}")
+    if now is not None:
+        for name, _ in extra:
+            if name == "Date":
+                break
+        else:
+            lines.append("Date: " + http_date(now))
     lines.append(f"Server: {SERVER}")
     lines.append("Content-Length: 0")
     lines.append("")

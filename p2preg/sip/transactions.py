@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from p2preg.sip.message import SipParseError, SipRequest
 
@@ -19,8 +20,9 @@ MAGIC_COOKIE = "z9hG4bK"
 TRANSACTION_LIFETIME = 32.0
 
 
-@dataclass(frozen=True, slots=True)
-class TransactionKey:
+class TransactionKey(NamedTuple):
+    # A named tuple rather than a frozen dataclass: each request hashes its key several
+    # times in the cache, and a tuple hashes in C.
     branch: str
     sent_by: str
     method: str
@@ -90,8 +92,15 @@ class TransactionCache:
         return _NEW
 
     def finish(self, key: TransactionKey, response: bytes, status_code: int, now: float) -> None:
-        self._entries.pop(key, None)
-        self._insert(key, _Entry(now + self.lifetime, response, status_code))
+        entry = self._entries.get(key)
+        if entry is None:
+            self._insert(key, _Entry(now + self.lifetime, response, status_code))
+            return
+        # Moved to the end with its new expiry, so the dict stays in expiry order.
+        entry.expires = now + self.lifetime
+        entry.response = response
+        entry.status_code = status_code
+        self._entries.move_to_end(key)
 
     def forget(self, key: TransactionKey) -> None:
         self._entries.pop(key, None)

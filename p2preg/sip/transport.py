@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -64,7 +65,10 @@ class Receiver(Protocol):
         """Answer the error if possible; the transport closes the stream afterwards."""
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip(host: str) -> bool:
+    # Cached: ipaddress costs microseconds and every UDP response asks about its host,
+    # nearly always one of a few client addresses.
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -1,13 +1,15 @@
 """SIP, SIPS and tel URIs: parsing, RFC 3261 §19.1.4 comparison, AOR canonical form.
 
-Validation uses anchored character-class regexes only (no nested quantifiers), so
-matching is linear in the input whatever a peer sends.
+Validation uses anchored character-class regexes only (the one nested repetition, in
+the fast path, starts each round with a ';' its inner class excludes), so matching is
+linear in the input whatever a peer sends.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 Param = tuple[str, str | None]
@@ -31,6 +33,13 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9\-_.]+")
 _IPV6_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]")
 _IPV4_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _DIGITS_RE = re.compile(r"[0-9]+")
+# [user "@"] hostname [":" port] *(";" param), with characters for which the general
+# parser's splitting at the first "@", "?" and ";" cannot go another way: no "@", "?",
+# ":" or "%" in the user, no "@" or "?" after it.
+_SIP_FAST_RE = re.compile(
+    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@)?([A-Za-z0-9\-_.]+)(?::([0-9]{1,5}))?"
+    r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$=]*)*)"
+)
 _TEL_RE = re.compile(r"[0-9A-Fa-f*#+\-.()pPwW]+")
 _TEL_VISUAL = str.maketrans("", "", "-.()")
 _ESCAPE_RE = re.compile(_ESC)
@@ -76,7 +85,11 @@ class SipUri:
 
     @property
     def host_is_ip(self) -> bool:
-        return self.host.startswith("[") or _IPV4_RE.fullmatch(self.host) is not None
+        first = self.host[:1]
+        if first == "[":
+            return True
+        # A host not starting with a digit cannot be an IPv4 address.
+        return first.isdigit() and _IPV4_RE.fullmatch(self.host) is not None
 
     def __str__(self) -> str:
         return self.raw or format_sip_uri(self)
@@ -110,6 +123,22 @@ Uri = SipUri | TelUri | OtherUri
 
 
 def parse_uri(text: str) -> Uri:
+    """Parse a URI; raises :class:`UriError`.
+
+    Results are immutable, so short parameterless texts go through a bounded cache: a
+    REGISTER names the same AOR in To and From, and the Request-URI is the same domain on
+    every request. Contacts (parameters, one per device) would only churn it.
+    """
+    if len(text) <= _CACHED_URI_LENGTH and ";" not in text:
+        return _parse_uri_cached(text)
+    return _parse_uri(text)
+
+
+def _parse_uri(text: str) -> Uri:
+    if text.startswith("sip:"):
+        return _parse_sip("sip", text[4:], text)
+    if text.startswith("sips:"):
+        return _parse_sip("sips", text[5:], text)
     colon = text.find(":")
     if colon <= 0 or _SCHEME_RE.fullmatch(text, 0, colon) is None:
         raise UriError("malformed URI scheme")
@@ -124,6 +153,11 @@ def parse_uri(text: str) -> Uri:
     return OtherUri(scheme, rest, text)
 
 
+# Failures are not cached (lru_cache does not keep exceptions): a bad URI is re-parsed.
+_CACHED_URI_LENGTH = 160
+_parse_uri_cached = lru_cache(maxsize=4096)(_parse_uri)
+
+
 def parse_sip_uri(text: str) -> SipUri:
     uri = parse_uri(text)
     if not isinstance(uri, SipUri):
@@ -132,6 +166,19 @@ def parse_sip_uri(text: str) -> SipUri:
 
 
 def _parse_sip(scheme: str, rest: str, raw: str) -> SipUri:
+    m = _SIP_FAST_RE.fullmatch(rest)
+    if m is not None:
+        # The common shape; _parse_sip_general gives the same result for it (and the
+        # same error for a bad parameter), and takes every other text.
+        fast_user, fast_host, port_text, fast_params = m.groups()
+        fast_port = int(port_text) if port_text is not None else None
+        if fast_port is None or fast_port <= 65535:
+            params = _parse_uri_params(fast_params[1:]) if fast_params else ()
+            return SipUri(scheme, fast_user, None, fast_host.lower(), fast_port, params, (), raw)
+    return _parse_sip_general(scheme, rest, raw)
+
+
+def _parse_sip_general(scheme: str, rest: str, raw: str) -> SipUri:
     user: str | None = None
     password: str | None = None
     at = rest.find("@")
@@ -346,6 +393,10 @@ def aor_resource_name(aor: str) -> str:
     return rest if colon else aor
 
 
+def _param_sort_key(param: Param) -> tuple[str, str]:
+    return param[0], param[1] or ""
+
+
 def canonical_uri_key(uri: Uri) -> str:
     """A string naming a Contact URI for the binding dictionary.
 
@@ -363,21 +414,20 @@ def canonical_uri_key(uri: Uri) -> str:
         parts.append(uri.host)
         if uri.port is not None:
             parts.append(f":{uri.port}")
-        params = list(
-            (
-                normalize_escapes(k, _PARAM_PLAIN).lower(),
-                None
-                if v is None
-                else (
-                    normalize_escapes(v, _PARAM_PLAIN)
-                    if k in _CASE_SENSITIVE_PARAMS
-                    else normalize_escapes(v, _PARAM_PLAIN).lower()
-                ),
-            )
-            for k, v in uri.params
-        )
-        params.sort(key=lambda p: (p[0], p[1] or ""))
-        parts.append(_format_params(tuple(params)))
+        if uri.params:
+            params: list[Param] = []
+            for k, v in uri.params:
+                name = normalize_escapes(k, _PARAM_PLAIN).lower() if "%" in k else k.lower()
+                if v is not None:
+                    if "%" in v:
+                        v = normalize_escapes(v, _PARAM_PLAIN)
+                    if k not in _CASE_SENSITIVE_PARAMS:
+                        v = v.lower()
+                params.append((name, v))
+            if len(params) > 1:
+                params.sort(key=_param_sort_key)
+            for k, v in params:
+                parts.append(";" + k if v is None else f";{k}={v}")
         if uri.headers:
             hdrs = sorted(
                 (normalize_escapes(k, _HEADER_PLAIN).lower(), normalize_escapes(v, _HEADER_PLAIN))
