@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from typing import Final
 
 from overlay.messages import (
+    EMPTY_SECURITY,
+    EMPTY_SIGNATURE,
     Destination,
     DestinationType,
     ForwardingOption,
@@ -51,13 +53,16 @@ _FALSE_TRUE: Final = (b"\x00", b"\x01")
 
 
 class Reader:
-    """A bounded cursor over a memoryview. ``where`` names the structure for error messages;
-    it is put together from the parent chain only when an error needs it."""
+    """A bounded cursor over the message's bytes. ``where`` names the structure for error
+    messages; it is put together from the parent chain only when an error needs it.
+
+    The buffer is ``bytes``, not a memoryview: a slice of bytes is already the ``bytes`` the
+    message values hold, where a memoryview slice needs a second object and a copy."""
 
     __slots__ = ("buf", "end", "label", "parent", "pos")
 
     def __init__(
-        self, buf: memoryview, pos: int, end: int, label: str, parent: Reader | None = None
+        self, buf: bytes, pos: int, end: int, label: str, parent: Reader | None = None
     ) -> None:
         self.buf = buf
         self.pos = pos
@@ -125,7 +130,7 @@ class Reader:
         n = self.length(width, what)
         pos = self.pos
         self.pos = pos + n
-        return self.buf[pos : pos + n].tobytes()
+        return self.buf[pos : pos + n]
 
     def sub(self, width: int, what: str) -> Reader:
         """The structure or list behind a ``width``-byte length prefix, as its own reader."""
@@ -167,9 +172,8 @@ class Reader:
 
 
 def reader_for(data: bytes | bytearray | memoryview, where: str) -> Reader:
-    buf = memoryview(data)
-    if buf.ndim != 1 or buf.itemsize != 1:
-        buf = buf.cast("B")
+    # Frames arrive as bytes; anything else is copied once so every slice is bytes.
+    buf = data if type(data) is bytes else memoryview(data).tobytes()
     return Reader(buf, 0, len(buf), where)
 
 
@@ -225,7 +229,28 @@ def encode_destination(d: Destination) -> bytes:
     raise CodecError(f"not a destination: {d!r}")
 
 
+def encode_destination_list(dests: tuple[Destination, ...], what: str) -> bytes:
+    """The concatenated destinations of a via or destination list (at most 65535 bytes)."""
+    if len(dests) == 1:
+        data = encode_destination(dests[0])
+    else:
+        data = b"".join([encode_destination(d) for d in dests])
+    if len(data) > 0xFFFF:
+        raise CodecError(f"forwarding header: {what} is {len(data)} bytes, over 65535")
+    return data
+
+
 def read_destination(r: Reader, what: str) -> Destination:
+    # The two forms every routed message carries are read in one step; any other form, or
+    # anything broken, takes the checked path below.
+    buf, pos = r.buf, r.pos
+    left = r.end - pos
+    if left >= 18 and buf[pos] == 1 and buf[pos + 1] == ID_BYTES:
+        r.pos = pos + 18
+        return NodeDestination(int.from_bytes(buf[pos + 2 : pos + 18], "big"))
+    if left >= 19 and buf[pos] == 2 and buf[pos + 1] == 17 and buf[pos + 2] == ID_BYTES:
+        r.pos = pos + 19
+        return ResourceDestination(int.from_bytes(buf[pos + 3 : pos + 19], "big"))
     kind = r.u8(what)
     if kind & 0x80:
         pos = r.take(1, "compressed id")
@@ -253,7 +278,7 @@ def decode_destination(data: bytes) -> Destination:
 
 def read_destination_list(r: Reader, what: str) -> tuple[Destination, ...]:
     out = []
-    while r.more:
+    while r.pos < r.end:
         out.append(read_destination(r, what))
     return tuple(out)
 
@@ -266,15 +291,21 @@ def encode_option(o: ForwardingOption) -> bytes:
 
 def read_options(r: Reader) -> tuple[ForwardingOption, ...]:
     out = []
-    while r.more:
+    while r.pos < r.end:
         pos = r.take(_OPTION.size, "option")
         otype, flags, n = _OPTION.unpack_from(r.buf, pos)
         pos = r.take(n, f"option {otype} data")
-        out.append(ForwardingOption(otype, flags, r.buf[pos : pos + n].tobytes()))
+        out.append(ForwardingOption(otype, flags, r.buf[pos : pos + n]))
     return tuple(out)
 
 
 def encode_signature(s: Signature) -> bytes:
+    if s is EMPTY_SIGNATURE:
+        return EMPTY_SIGNATURE_BYTES
+    return _encode_signature(s)
+
+
+def _encode_signature(s: Signature) -> bytes:
     if len(s.identity) > 0xFFFF:
         raise CodecError(f"signature: identity of {len(s.identity)} bytes exceeds 65535")
     head = _SIG_HEAD.pack(s.hash_algorithm, s.signature_algorithm, s.identity_type, len(s.identity))
@@ -282,15 +313,24 @@ def encode_signature(s: Signature) -> bytes:
 
 
 def read_signature(r: Reader) -> Signature:
+    pos = r.pos
+    end = pos + EMPTY_SIGNATURE_LEN
+    if end <= r.end and r.buf[pos:end] == EMPTY_SIGNATURE_BYTES:
+        # The unsigned placeholder on every message and stored value: one comparison, and
+        # the shared (immutable, equal) instance instead of a new one.
+        r.pos = end
+        return EMPTY_SIGNATURE
     pos = r.take(_SIG_HEAD.size, "signature")
     hash_alg, sig_alg, id_type, n = _SIG_HEAD.unpack_from(r.buf, pos)
     pos = r.take(n, "signer identity")
-    identity = r.buf[pos : pos + n].tobytes()
+    identity = r.buf[pos : pos + n]
     value = r.opaque(2, "signature value")
     return Signature(hash_alg, sig_alg, id_type, identity, value)
 
 
 def encode_security(s: SecurityBlock) -> bytes:
+    if s is EMPTY_SECURITY:
+        return EMPTY_SECURITY_BYTES
     certs = b"".join(
         [bytes((c.type,)) + opaque(c.certificate, 2, "certificate") for c in s.certificates]
     )
@@ -298,9 +338,21 @@ def encode_security(s: SecurityBlock) -> bytes:
 
 
 def read_security(r: Reader) -> SecurityBlock:
+    pos = r.pos
+    end = pos + _EMPTY_SECURITY_LEN
+    if end <= r.end and r.buf[pos:end] == EMPTY_SECURITY_BYTES:
+        r.pos = end
+        return EMPTY_SECURITY
     lst = r.sub(2, "certificates")
     certs = []
-    while lst.more:
+    while lst.pos < lst.end:
         ctype = lst.u8("certificate type")
         certs.append(GenericCertificate(ctype, lst.opaque(2, "certificate")))
     return SecurityBlock(tuple(certs), read_signature(r))
+
+
+# Encoded once by the general encoder; the fast paths above compare against these bytes.
+EMPTY_SIGNATURE_BYTES: Final = _encode_signature(EMPTY_SIGNATURE)
+EMPTY_SIGNATURE_LEN: Final = len(EMPTY_SIGNATURE_BYTES)
+EMPTY_SECURITY_BYTES: Final = opaque(b"", 2, "certificates") + EMPTY_SIGNATURE_BYTES
+_EMPTY_SECURITY_LEN: Final = len(EMPTY_SECURITY_BYTES)

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from overlay.codec_base import (
+    EMPTY_SIGNATURE_BYTES,
+    EMPTY_SIGNATURE_LEN,
     U16,
     U32,
     CodecError,
@@ -25,6 +27,7 @@ from overlay.codec_base import (
     resource_bytes,
 )
 from overlay.messages import (
+    EMPTY_SIGNATURE,
     AttachAns,
     AttachReq,
     CandType,
@@ -68,6 +71,8 @@ _CAND_MID: Final = struct.Struct("!IB")  # priority, type
 _IP4: Final = struct.Struct("!BB4sH")
 _IP6: Final = struct.Struct("!BB16sH")
 _ERROR_HEAD: Final = struct.Struct("!H")
+_NO_KEYS: Final = b"\x00\x02\x00\x00"  # a specifier's model<2> holding an empty keys<2>
+_STORED_MIN: Final = _STORED_HEAD.size + 2  # up to and including the key's length
 
 
 # --- bodies: encoders --------------------------------------------------------------------
@@ -139,15 +144,11 @@ def _enc_attach(b: AttachReq | AttachAns) -> bytes:
 
 
 def _enc_stored(s: StoredData) -> bytes:
-    rest = b"".join(
-        [
-            opaque(s.key, 2, "dictionary key"),
-            boolean(s.exists),
-            opaque(s.value, 4, "data value"),
-            encode_signature(s.signature),
-        ]
-    )
-    return _STORED_HEAD.pack(12 + len(rest), s.storage_time, s.lifetime) + rest
+    key = opaque(s.key, 2, "dictionary key")
+    value = opaque(s.value, 4, "data value")
+    sig = EMPTY_SIGNATURE_BYTES if s.signature is EMPTY_SIGNATURE else encode_signature(s.signature)
+    head = _STORED_HEAD.pack(13 + len(key) + len(value) + len(sig), s.storage_time, s.lifetime)
+    return b"".join((head, key, boolean(s.exists), value, sig))
 
 
 def _enc_stored_list(values: Iterable[StoredData]) -> bytes:
@@ -181,6 +182,8 @@ def _enc_store_ans(b: StoreAns) -> bytes:
 
 
 def _enc_specifier(s: StoredDataSpecifier) -> bytes:
+    if not s.keys:
+        return _KIND_GEN.pack(s.kind, s.generation) + _NO_KEYS
     keys = b"".join([opaque(k, 2, "dictionary key") for k in s.keys])
     model = opaque(keys, 2, "specifier keys")
     return _KIND_GEN.pack(s.kind, s.generation) + opaque(model, 2, "specifier")
@@ -259,19 +262,22 @@ _ENCODERS: Final[dict[type[Any], Callable[[Any], bytes]]] = {
     PingAns: lambda b: _PING_ANS.pack(b.response_id, b.time),
     ErrorResponse: lambda b: _ERROR_HEAD.pack(b.error_code) + opaque(b.info, 2, "error info"),
 }
+# type -> (plain int code, encoder): one lookup per message, no IntEnum conversion
+_CODED_ENCODERS: Final = {cls: (int(cls.CODE), enc) for cls, enc in _ENCODERS.items()}
 
 
 def encode_body(body: MessageBody) -> tuple[int, bytes]:
     """(message_code, body bytes)."""
-    if isinstance(body, RawBody):
-        if not 0 <= body.code <= 0xFFFF:
-            raise CodecError(f"raw body: message code {body.code} is not a uint16")
-        return body.code, bytes(body.data)
-    encoder = _ENCODERS.get(type(body))
-    if encoder is None:
+    coded = _CODED_ENCODERS.get(type(body))
+    if coded is None:
+        if isinstance(body, RawBody):
+            if not 0 <= body.code <= 0xFFFF:
+                raise CodecError(f"raw body: message code {body.code} is not a uint16")
+            return body.code, bytes(body.data)
         raise CodecError(f"not a message body: {body!r}")
+    code, encoder = coded
     try:
-        return int(body.CODE), encoder(body)
+        return code, encoder(body)
     except (struct.error, OverflowError, ValueError, TypeError) as exc:
         if isinstance(exc, CodecError):
             raise
@@ -288,7 +294,7 @@ def _dec_probe_req(r: Reader, code: int) -> ProbeReq:
 def _dec_probe_ans(r: Reader, code: int) -> ProbeAns:
     lst = r.sub(2, "probe_info")
     out = []
-    while lst.more:
+    while lst.pos < lst.end:
         ptype = lst.u8("probe information type")
         value = lst.opaque(1, f"probe information {ptype}")
         if 1 <= ptype <= 3:
@@ -305,10 +311,10 @@ def _dec_addr(r: Reader, what: str) -> IpAddressPort:
     atype, n = r.buf[pos], r.buf[pos + 1]
     if atype == 1 and n == 6:
         pos = r.take(6, f"{what} IPv4")
-        host = str(ipaddress.IPv4Address(r.buf[pos : pos + 4].tobytes()))
+        host = str(ipaddress.IPv4Address(r.buf[pos : pos + 4]))
     elif atype == 2 and n == 18:
         pos = r.take(18, f"{what} IPv6")
-        host = str(ipaddress.IPv6Address(r.buf[pos : pos + 16].tobytes()))
+        host = str(ipaddress.IPv6Address(r.buf[pos : pos + 16]))
     else:
         raise CodecError(f"{r.where}: {what} has address type {atype} with length {n}")
     port: int = U16.unpack_from(r.buf, pos + n - 2)[0]
@@ -324,7 +330,7 @@ def _dec_candidate(r: Reader) -> IceCandidate:
     rel = None if ctype == CandType.HOST else _dec_addr(r, "rel_addr_port")
     lst = r.sub(2, "ICE extensions")
     ext = []
-    while lst.more:
+    while lst.pos < lst.end:
         ext.append(IceExtension(lst.opaque(2, "extension name"), lst.opaque(2, "extension value")))
     return IceCandidate(addr, link, foundation, priority, ctype, rel, tuple(ext))
 
@@ -335,7 +341,7 @@ def _dec_attach(r: Reader, code: int) -> AttachReq | AttachAns:
     role = r.opaque(1, "role")
     lst = r.sub(2, "candidates")
     cands = []
-    while lst.more:
+    while lst.pos < lst.end:
         cands.append(_dec_candidate(lst))
     send_update = r.boolean("send_update")
     cls = AttachReq if code == MessageCode.ATTACH_REQ else AttachAns
@@ -343,6 +349,32 @@ def _dec_attach(r: Reader, code: int) -> AttachReq | AttachAns:
 
 
 def _dec_stored(r: Reader) -> StoredData:
+    buf, pos, end = r.buf, r.pos, r.end
+    if end - pos >= _STORED_MIN:
+        # One pass over a well-formed entry with the unsigned placeholder signature; any
+        # length that does not line up exactly goes to the checked path below instead.
+        length, storage_time, lifetime = _STORED_HEAD.unpack_from(buf, pos)
+        stop = pos + 4 + length
+        key_at = pos + 18
+        key_end = key_at + U16.unpack_from(buf, pos + 16)[0]
+        if stop <= end and key_end + 5 <= stop:
+            exists = buf[key_end]
+            value_at = key_end + 5
+            value_end = value_at + U32.unpack_from(buf, key_end + 1)[0]
+            if (
+                exists <= 1
+                and value_end + EMPTY_SIGNATURE_LEN == stop
+                and buf[value_end:stop] == EMPTY_SIGNATURE_BYTES
+            ):
+                r.pos = stop
+                return StoredData(
+                    storage_time,
+                    lifetime,
+                    buf[key_at:key_end],
+                    buf[value_at:value_end],
+                    exists == 1,
+                    EMPTY_SIGNATURE,
+                )
     s = r.sub(4, "stored data")
     storage_time = s.u64("storage_time")
     lifetime = s.u32("lifetime")
@@ -357,7 +389,7 @@ def _dec_stored(r: Reader) -> StoredData:
 def _dec_stored_list(r: Reader) -> tuple[StoredData, ...]:
     lst = r.sub(4, "values")
     out = []
-    while lst.more:
+    while lst.pos < lst.end:
         out.append(_dec_stored(lst))
     return tuple(out)
 
@@ -373,7 +405,7 @@ def _dec_store_req(r: Reader, code: int) -> StoreReq:
     replica = r.u8("replica_number")
     lst = r.sub(4, "kind_data")
     kinds = []
-    while lst.more:
+    while lst.pos < lst.end:
         kind, gen = _kind_gen(lst)
         kinds.append(StoreKindData(kind, gen, _dec_stored_list(lst)))
     return StoreReq(resource, replica, tuple(kinds))
@@ -382,7 +414,7 @@ def _dec_store_req(r: Reader, code: int) -> StoreReq:
 def _dec_store_ans(r: Reader, code: int) -> StoreAns:
     lst = r.sub(2, "kind_responses")
     out = []
-    while lst.more:
+    while lst.pos < lst.end:
         kind, gen = _kind_gen(lst)
         out.append(StoreKindResponse(kind, gen, lst.node_ids("replicas")))
     return StoreAns(tuple(out))
@@ -392,13 +424,20 @@ def _dec_fetch_req(r: Reader, code: int) -> FetchReq:
     resource = r.resource_id("resource")
     lst = r.sub(2, "specifiers")
     out = []
-    while lst.more:
+    while lst.pos < lst.end:
+        buf, pos = lst.buf, lst.pos
+        if lst.end - pos >= 16 and buf[pos + 12 : pos + 16] == _NO_KEYS:
+            # A specifier for every key: kind, generation and an empty key list.
+            kind, gen = _KIND_GEN.unpack_from(buf, pos)
+            lst.pos = pos + 16
+            out.append(StoredDataSpecifier(kind, gen))
+            continue
         kind, gen = _kind_gen(lst)
         model = lst.sub(2, "specifier")
         keys_list = model.sub(2, "keys")
         model.done()
         keys = []
-        while keys_list.more:
+        while keys_list.pos < keys_list.end:
             keys.append(keys_list.opaque(2, "dictionary key"))
         out.append(StoredDataSpecifier(kind, gen, tuple(keys)))
     return FetchReq(resource, tuple(out))
@@ -407,7 +446,7 @@ def _dec_fetch_req(r: Reader, code: int) -> FetchReq:
 def _dec_fetch_ans(r: Reader, code: int) -> FetchAns:
     lst = r.sub(4, "kind_responses")
     out = []
-    while lst.more:
+    while lst.pos < lst.end:
         kind, gen = _kind_gen(lst)
         out.append(FetchKindResponse(kind, gen, _dec_stored_list(lst)))
     return FetchAns(tuple(out))
@@ -491,7 +530,7 @@ def body_where(code: int) -> str:
 def read_body(r: Reader, code: int) -> MessageBody:
     decoder = _DECODERS.get(code)
     if decoder is None:
-        return RawBody(code, r.buf[r.pos : r.end].tobytes())
+        return RawBody(code, r.buf[r.pos : r.end])
     body = decoder(r, code)
     r.done()
     return body

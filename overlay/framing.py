@@ -22,7 +22,8 @@ MAX_UINT24 = (1 << 24) - 1
 DEFAULT_MAX_PAYLOAD = 1 << 20
 
 _ACK = struct.Struct("!BII")
-_DATA_HEAD = struct.Struct("!BI")
+_DATA_HEAD_LEN = struct.Struct("!BIBH")  # type, sequence, uint24 length as high byte + low 16
+_FULL_MASK = (1 << 32) - 1
 
 
 class FramingError(ValueError):
@@ -56,7 +57,8 @@ def encode_data(sequence: int, payload: bytes) -> bytes:
         raise ValueError(f"sequence {sequence} is not a uint32")
     if len(payload) > MAX_UINT24:
         raise ValueError(f"payload of {len(payload)} bytes does not fit a uint24 length")
-    return _DATA_HEAD.pack(DATA_TYPE, sequence) + len(payload).to_bytes(3, "big") + payload
+    n = len(payload)
+    return b"".join((_DATA_HEAD_LEN.pack(DATA_TYPE, sequence, n >> 16, n & 0xFFFF), payload))
 
 
 def encode_ack(ack_sequence: int, received: int) -> bytes:
@@ -67,13 +69,19 @@ def encode_ack(ack_sequence: int, received: int) -> bytes:
 
 class FrameDecoder:
     """Turns stream pieces into frames. After a FramingError the decoder is unusable: the
-    stream has lost its frame boundaries, so the only safe move is to close the link."""
+    stream has lost its frame boundaries, so the only safe move is to close the link.
+
+    Frames are cut straight out of the piece TCP handed over, one copy per payload; only an
+    incomplete frame at its end is buffered, and it is not parsed again until enough bytes
+    have come to finish it.
+    """
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         if not 0 < max_payload <= MAX_UINT24:
             raise ValueError("max_payload must be in 1..2^24-1")
         self.max_payload = max_payload
         self._buffer = bytearray()
+        self._need = 0  # bytes the buffered partial frame needs before it is worth parsing
         self._broken: FramingError | None = None
 
     @property
@@ -83,45 +91,61 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         if self._broken is not None:
             raise self._broken
-        self._buffer += data
+        buf = self._buffer
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)  # payloads are cut out of it and must be bytes
         frames: list[Frame] = []
         try:
-            while True:
-                frame = self._next_frame()
-                if frame is None:
-                    return frames
-                frames.append(frame)
+            pos = self._parse(data, frames)
         except FramingError as err:
             self._broken = FramingError(str(err))
-            self._buffer.clear()
+            buf.clear()
             raise FramingError(str(err), tuple(frames)) from None
+        if pos < len(data):
+            buf += memoryview(data)[pos:]
+        return frames
 
-    def _next_frame(self) -> Frame | None:
-        buf = self._buffer
-        if not buf:
-            return None
-        kind = buf[0]
-        if kind == ACK_TYPE:
-            if len(buf) < ACK_LEN:
-                return None
-            _, ack_sequence, received = _ACK.unpack_from(buf)
-            del buf[:ACK_LEN]
-            return AckFrame(ack_sequence, received)
-        if kind != DATA_TYPE:
-            raise FramingError(f"unknown frame type 0x{kind:02x}")
-        if len(buf) < DATA_HEADER_LEN:
-            return None
-        _, sequence = _DATA_HEAD.unpack_from(buf)
-        length = int.from_bytes(buf[5:8], "big")
-        # Checked before waiting for the body, so a hostile length never makes us buffer it.
-        if length > self.max_payload:
-            raise FramingError(f"frame of {length} bytes exceeds the limit of {self.max_payload}")
-        end = DATA_HEADER_LEN + length
-        if len(buf) < end:
-            return None
-        payload = bytes(buf[DATA_HEADER_LEN:end])
-        del buf[:end]
-        return DataFrame(sequence, payload)
+    def _parse(self, data: bytes, frames: list[Frame]) -> int:
+        """Append the complete frames in ``data`` to ``frames``; returns where the first
+        incomplete one starts (and records in ``_need`` how long it will be)."""
+        pos, end = 0, len(data)
+        max_payload = self.max_payload
+        while pos < end:
+            kind = data[pos]
+            if kind == DATA_TYPE:
+                if end - pos < DATA_HEADER_LEN:
+                    self._need = DATA_HEADER_LEN
+                    return pos
+                _, sequence, high, low = _DATA_HEAD_LEN.unpack_from(data, pos)
+                length = high << 16 | low
+                # Checked before waiting for the body, so a hostile length never makes us
+                # buffer it.
+                if length > max_payload:
+                    raise FramingError(
+                        f"frame of {length} bytes exceeds the limit of {max_payload}"
+                    )
+                stop = pos + DATA_HEADER_LEN + length
+                if stop > end:
+                    self._need = DATA_HEADER_LEN + length
+                    return pos
+                frames.append(DataFrame(sequence, data[pos + DATA_HEADER_LEN : stop]))
+                pos = stop
+            elif kind == ACK_TYPE:
+                if end - pos < ACK_LEN:
+                    self._need = ACK_LEN
+                    return pos
+                _, ack_sequence, received = _ACK.unpack_from(data, pos)
+                frames.append(AckFrame(ack_sequence, received))
+                pos += ACK_LEN
+            else:
+                raise FramingError(f"unknown frame type 0x{kind:02x}")
+        return pos
 
 
 class ReceiveWindow:
@@ -135,8 +159,12 @@ class ReceiveWindow:
 
     def __init__(self) -> None:
         self._seen: dict[int, None] = {}  # insertion-ordered, bounded set
+        self._last = -1
+        self._run = 0  # how many of the latest adds were consecutive sequences, _last included
 
     def add(self, sequence: int) -> None:
+        self._run = self._run + 1 if sequence == (self._last + 1) % SEQUENCE_MOD else 1
+        self._last = sequence
         self._seen.pop(sequence, None)
         self._seen[sequence] = None
         # TCP delivers in order, so the oldest entries are the ones no mask can reach.
@@ -153,6 +181,11 @@ class ReceiveWindow:
     def ack_for(self, sequence: int) -> bytes:
         """Record ``sequence`` and return the ACK frame for it."""
         self.add(sequence)
+        if self._run > self.SPAN:
+            # The SPAN adds before this one were exactly the SPAN sequences before it, and
+            # the set keeps the latest 2 * SPAN: every bit of the mask is set. The usual
+            # case on a TCP link, and no loop over the window.
+            return _ACK.pack(ACK_TYPE, sequence, _FULL_MASK)
         return encode_ack(sequence, self.received_mask(sequence))
 
 

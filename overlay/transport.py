@@ -109,6 +109,7 @@ class Link:
         self.next_sequence = 0
         self.unacked: dict[int, float] = {}  # sequence -> send time, oldest first
         self.queued: list[tuple[int, bytes]] = []  # frames waiting for the connection
+        self.corked: list[bytes] = []  # frames written while the layer batches writes
         self.last_activity = 0.0
         self.frames_sent = 0
         self.frames_acked = 0
@@ -203,6 +204,8 @@ class LinkLayer:
         self._dials: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        # Links with corked frames while incoming data is handled (None: write at once).
+        self._cork: list[Link] | None = None
         self.address: Address | None = None
         self.counters: dict[str, int] = {
             "links_opened": 0,
@@ -375,8 +378,9 @@ class LinkLayer:
         self.counters["links_opened"] += 1
         log.debug("opened %r", link)
         queued, link.queued = link.queued, []
+        now = self._now()
         for sequence, frame in queued:
-            self._write(link, sequence, frame)
+            self._write(link, sequence, frame, now)
 
     def _accept(self, transport: asyncio.Transport) -> Link | None:
         if self._closing or not self._make_room():
@@ -401,22 +405,39 @@ class LinkLayer:
         if link.state is LinkState.CONNECTING:
             link.queued.append((sequence, frame))
         else:
-            self._write(link, sequence, frame)
+            self._write(link, sequence, frame, self._now())
 
-    def _write(self, link: Link, sequence: int | None, frame: bytes) -> None:
+    def _write(self, link: Link, sequence: int | None, frame: bytes, now: float) -> None:
         transport = link.transport
         if transport is None or link.state is not LinkState.OPEN:
             return
-        transport.write(frame)
-        now = self._now()
         link.last_activity = now
         link.bytes_sent += len(frame)
         if sequence is not None:
             link.unacked[sequence] = now
             link.frames_sent += 1
             self.counters["frames_sent"] += 1
+        cork = self._cork
+        if cork is not None:
+            if not link.corked:
+                cork.append(link)
+            link.corked.append(frame)
+            return
+        transport.write(frame)
         if transport.get_write_buffer_size() > self.config.max_write_buffer:
             self._fail(link, "peer does not read (write buffer full)")
+
+    def _uncork(self, links: list[Link]) -> None:
+        """Hand each link's corked frames to its socket in one write: the same bytes in the
+        same order as frame-by-frame writes, in one system call instead of one per frame."""
+        for link in links:
+            frames, link.corked = link.corked, []
+            transport = link.transport
+            if not frames or transport is None or link.state is not LinkState.OPEN:
+                continue
+            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            if transport.get_write_buffer_size() > self.config.max_write_buffer:
+                self._fail(link, "peer does not read (write buffer full)")
 
     def _data(self, link: Link, data: bytes) -> None:
         if link.state is not LinkState.OPEN:
@@ -429,38 +450,64 @@ class LinkLayer:
             frames: Sequence[Frame] = link.decoder.feed(data)
         except FramingError as err:
             error, frames = err, err.frames
-        self._handle_frames(link, frames, now)
+        if self._cork is not None:  # re-entered from a handler: the outer call uncorks
+            self._handle_frames(link, frames, now)
+        else:
+            # What the handlers write while this piece is handled (the ACKs, answers sent
+            # at once) leaves when it is done, each link's frames in one write.
+            cork: list[Link] = []
+            self._cork = cork
+            try:
+                self._handle_frames(link, frames, now)
+            finally:
+                self._cork = None
+                if cork:
+                    self._uncork(cork)
         if error is not None:
             self.counters["framing_errors"] += 1
             log.info("closing %r: %s", link, error)
             self._fail(link, f"framing error: {error}", flush=True)
 
     def _handle_frames(self, link: Link, frames: Sequence[Frame], now: float) -> None:
+        counters = self.counters
         for frame in frames:
             if link.state is not LinkState.OPEN:
                 return
             if isinstance(frame, AckFrame):
                 self._acked(link, frame, now)
                 continue
-            self._write(link, None, link.window.ack_for(frame.sequence))
+            self._write(link, None, link.window.ack_for(frame.sequence), now)
             link.frames_received += 1
-            self.counters["frames_received"] += 1
+            counters["frames_received"] += 1
             try:
                 self._on_message(link, frame.payload)
             except Exception:
                 # The handler's bug must not take the link (or the node) down with it.
-                self.counters["handler_errors"] += 1
+                counters["handler_errors"] += 1
                 log.exception("message handler failed on %r", link)
 
     def _acked(self, link: Link, ack: AckFrame, now: float) -> None:
         self.counters["acks_received"] += 1
-        sent = link.unacked.pop(ack.ack_sequence, None)
+        unacked = link.unacked
+        ack_sequence, received = ack.ack_sequence, ack.received
+        sent = unacked.pop(ack_sequence, None)
         if sent is not None:
             link.frames_acked += 1
             # No link-level retransmission, so every sample is unambiguous (Karn holds).
             link.rto.sample(now - sent)
-        for sequence in acked_by_mask(ack.ack_sequence, ack.received):
-            if link.unacked.pop(sequence, None) is not None:
+        if not unacked or not received:
+            return
+        if len(unacked) < 32:
+            # Usually nothing or a frame or two is in flight: test those against the mask
+            # rather than the mask's 32 bits against them (the same set either way).
+            for sequence in list(unacked):
+                back = (ack_sequence - 1 - sequence) % SEQUENCE_MOD
+                if back < 32 and received >> back & 1:
+                    del unacked[sequence]
+                    link.frames_acked += 1
+            return
+        for sequence in acked_by_mask(ack_sequence, received):
+            if unacked.pop(sequence, None) is not None:
                 link.frames_acked += 1
 
     # --- failure --------------------------------------------------------------
@@ -483,8 +530,11 @@ class LinkLayer:
         before a framing error) leave first; otherwise the socket is reset."""
         link.state = LinkState.CLOSED
         self._links.pop(link.link_id, None)
+        corked, link.corked = link.corked, []
         if link.transport is not None:
             if flush:
+                if corked:
+                    link.transport.write(b"".join(corked))
                 link.transport.close()
             else:
                 link.transport.abort()
