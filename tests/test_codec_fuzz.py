@@ -162,11 +162,13 @@ def test_huge_length_fields_fail_fast_and_small() -> None:
     try:
         base, _ = tracemalloc.get_traced_memory()
         worst = 0.0
+        # CPU time of this thread, not wall time: work proportional to a declared length would
+        # show; other processes on a loaded machine do not.
         for frame in frames:
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             throw(decode_message, frame)
             throw(decode_header, frame)
-            worst = max(worst, time.perf_counter() - t0)
+            worst = max(worst, time.thread_time() - t0)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -181,11 +183,11 @@ def test_a_huge_declared_body_is_rejected_quickly() -> None:
     body_len_at = 38 + lists + 2
     buf = bytearray(seed)
     buf[body_len_at : body_len_at + 4] = b"\xff\xff\xff\xff"
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     try:
         decode_message(bytes(buf))
     except CodecError as exc:
         assert "message body length 4294967295 exceeds message" in str(exc)
     else:
         raise AssertionError("a 4 GiB body inside a small frame decoded")
-    assert time.perf_counter() - t0 < 0.01
+    assert time.thread_time() - t0 < 0.01
