@@ -87,6 +87,9 @@ def _short(node_id: int) -> str:
     return f"{node_id:032x}"[:8]
 
 
+_COUNTER_KEYS: dict[tuple[str, int], str] = {}  # at most 2 x 65,536 (the code is 16 bits)
+
+
 def _code_name(code: int) -> str:
     try:
         return MessageCode(code).name
@@ -580,7 +583,10 @@ class OverlayRuntime:
         self._call(lambda peer, now: peer.respond(request, body, now))
 
     def _count(self, direction: str, code: int) -> None:
-        key = f"{direction}.{_code_name(code)}"
+        # Once per message sent or received: the counter names are made once per code.
+        key = _COUNTER_KEYS.get((direction, code))
+        if key is None:
+            key = _COUNTER_KEYS[(direction, code)] = f"{direction}.{_code_name(code)}"
         self._counters[key] = self._counters.get(key, 0) + 1
 
     # --- timers -------------------------------------------------------------------
