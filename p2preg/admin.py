@@ -482,6 +482,7 @@ async def get_metrics(request: web.Request) -> web.Response:
     ]
     for name, value in sorted(node.kv.counters.items()):
         lines.append(f'p2preg_kv_operations_total{{op="{name}"}} {value}')
+    lines += node.loop_lag.lines()
     if node.sip is not None:
         lines += node.sip.prometheus_lines()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

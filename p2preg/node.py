@@ -30,6 +30,7 @@ from p2preg.admin import AdminServer
 from p2preg.kinds import KIND_LIMITS, SIP_BINDING
 from p2preg.kv import KvClient, now_ms
 from p2preg.logs import short_id
+from p2preg.sip.metrics import Histogram
 from p2preg.sip.registrar import RegistrarConfig
 from p2preg.sip.service import SipService
 from p2preg.sip.transport import StreamLimits
@@ -42,6 +43,9 @@ NODE_ID_FILE = "node_id"
 STORE_DIR = "store"  # the LMDB environment, under --data-dir
 LOCK_FILE = "lock"
 LEAVE_TIMEOUT_MARGIN = 2.0  # s on top of the overlay's own leave timeout before we give up
+LAG_PERIOD = 0.05  # s between event-loop lag samples
+LAG_WARNING = 0.5  # s; SIP's first retransmission (T1) comes after this much silence
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 COUNT_REFRESH = 1.0  # s between recounts of the records held (for Probe answers and the API)
 
 
@@ -248,6 +252,13 @@ class Node:
         self.counts = RecordCounts()
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-read")
         self._counter: asyncio.Task[None] | None = None
+        self._lag_watch: asyncio.Task[None] | None = None
+        self.loop_lag = Histogram(
+            "p2preg_event_loop_lag_seconds",
+            f"How late a timer due every {LAG_PERIOD} s ran: time the event loop was busy "
+            "with something else (every request waits behind it)",
+            LAG_BUCKETS,
+        )
         self._stop = asyncio.Event()
         self._stop_reason = ""
 
@@ -335,6 +346,7 @@ class Node:
             return 1
         log.info("admin API listening on http://%s/v1/node", self.admin_address)
         self._counter = asyncio.create_task(self._count_loop(), name="record-counts")
+        self._lag_watch = asyncio.create_task(self._watch_lag(), name="loop-lag")
         # After the overlay (it stores and fetches through self.rt) and before the ready
         # file, which reports its bound address.
         if self.sip is not None:
@@ -401,10 +413,24 @@ class Node:
         self._readers.shutdown(wait=True)
 
     async def _stop_counting(self) -> None:
-        if self._counter is not None:
-            self._counter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._counter
+        for task in (self._counter, self._lag_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _watch_lag(self) -> None:
+        """Measure how long the event loop is held up: one thread serves SIP, the overlay and
+        the admin API, so a long synchronous step (a big digest, a GC pause) delays them all.
+        A stall long enough to cost SIP retransmissions is logged."""
+        clock = time.monotonic
+        while True:
+            due = clock() + LAG_PERIOD
+            await asyncio.sleep(LAG_PERIOD)
+            late = max(0.0, clock() - due)
+            self.loop_lag.observe(late)
+            if late >= LAG_WARNING:
+                log.warning("event loop blocked for %.0f ms", late * 1000)
 
     def _close_store(self) -> None:
         try:
