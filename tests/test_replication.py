@@ -298,3 +298,31 @@ def test_expired_records_are_swept(tmp_path: Path) -> None:
     sim.run_for(2.0 + FAST.sweep_interval * 1.5)
     assert sim.holdings() == {}
     assert total(sim, "swept") == 3
+
+
+def test_a_stable_ring_does_not_rescan_roles_every_anti_entropy_round(tmp_path: Path) -> None:
+    """Rewriting roles scans every record a peer holds, on its event loop: it runs after a
+    neighbour change, not on every anti-entropy round; the roles stay right meanwhile."""
+    sim = make_sim(tmp_path, seed=12)
+    build(sim, 6)
+    want = fill(sim, 300)
+    run_until_repaired(sim, want)
+    sim.run_for(2 * FAST.anti_entropy_interval)  # every peer has had its first evaluation
+    scans = {n: replicator(sim, n).counters["role_scans"] for n in sim.ring}
+    assert all(scans.values()), scans
+    rounds = {n: replicator(sim, n).counters["sync_rounds"] for n in sim.ring}
+    more = fill(sim, 100, prefix=b"later")  # writes meanwhile set their own roles
+    sim.run_for(3 * FAST.anti_entropy_interval)
+    want.update(more)
+    assert fully_replicated(sim, want)
+    for node in sim.ring:
+        assert replicator(sim, node).counters["sync_rounds"] > rounds[node]
+        assert replicator(sim, node).counters["role_scans"] == scans[node]
+        pred = sim.nodes[node].peer.predecessors[0]
+        for rec in sim.nodes[node].backend.scan_range(0, 0, 0):  # type: ignore[union-attr]
+            mine = in_open_closed(rec.resource, pred, node)
+            assert rec.role is (Role.PRIMARY if mine else Role.REPLICA), (node, rec.resource)
+    # A change of neighbours (a crash) does rescan, on the peers whose neighbours changed.
+    sim.crash(sim.ring[3])
+    run_until_repaired(sim, want)
+    assert any(replicator(sim, n).counters["role_scans"] > scans[n] for n in sim.ring)
