@@ -93,6 +93,7 @@ INF = math.inf
 _APP, _CAND, _FINGER, _JOIN, _UPDATE, _LEAVE, _DATA = range(7)
 
 DUPLICATE_ID_REASON = "node id already in the ring"
+_UPDATE_ANS = UpdateAns()  # immutable and empty: every answer shares it
 ANNOUNCE_DELAY = 0.05  # s: neighbour changes within this window make one round of Updates
 
 
@@ -150,6 +151,12 @@ def _node_of(dest: Destination) -> int | None:
     return dest.node_id if isinstance(dest, NodeDestination) else None
 
 
+def _is_request(message: Message) -> bool:
+    """``message.is_request`` without its two property calls (a hot path)."""
+    code = message.body.CODE
+    return code != 0xFFFF and code % 2 == 1
+
+
 class ChordPeer:
     def __init__(
         self,
@@ -166,6 +173,9 @@ class ChordPeer:
         self._id = node_id & MASK
         self._me = NodeDestination(self._id)
         self._address = address
+        # immutable, so every Attach shares one
+        self._cand = (IceCandidate(IpAddressPort(address.host, address.port)),)
+        self._attach_ans = AttachAns(role=b"active", candidates=self._cand)
         self._cfg = config
         self._rng = rng
         self._overlay = overlay_hash(config.overlay_name)
@@ -329,9 +339,9 @@ class ChordPeer:
         header = message.header
         via = header.via_list
         if len(via) == 1:
-            origin = _node_of(via[0])
-            if origin is not None and origin != self._id:
-                self._heard[origin] = now
+            first_via = via[0]
+            if isinstance(first_via, NodeDestination) and first_via.node_id != self._id:
+                self._heard[first_via.node_id] = now
         dests = header.destination_list
         if not dests:
             self._reject(message, ErrorCode.INVALID_MESSAGE, "empty destination list", now)
@@ -347,7 +357,7 @@ class ChordPeer:
                     self._forward(message, dests[1:], now)
                 self._finish(now)
                 return
-            if not message.is_request or target in self._addr:
+            if not _is_request(message) or target in self._addr:
                 self._forward(message, dests, now)  # answer path, or a peer we can reach
                 self._finish(now)
                 return
@@ -360,7 +370,7 @@ class ChordPeer:
             self._finish(now)
             return
         if self.is_responsible(target):
-            if message.is_request and (exact or len(dests) == 1):
+            if _is_request(message) and (exact or len(dests) == 1):
                 self._deliver(message, now)
             else:
                 self._actions.append(Dropped("answer for an absent peer", message))
@@ -427,13 +437,29 @@ class ChordPeer:
         return actions
 
     def next_deadline(self) -> float | None:
-        t = min(self._t_ping, self._t_update, self._t_finger, self._t_fast, self._t_join)
-        if self._t_announce < t:
-            t = self._t_announce
-        if self._t_leave < t:
-            t = self._t_leave
-        if self._rtx and self._rtx[0][0] < t:
-            t = self._rtx[0][0]
+        # called after every input: plain comparisons are cheaper than min()
+        t = self._t_ping
+        x = self._t_update
+        if x < t:
+            t = x
+        x = self._t_finger
+        if x < t:
+            t = x
+        x = self._t_fast
+        if x < t:
+            t = x
+        x = self._t_join
+        if x < t:
+            t = x
+        x = self._t_announce
+        if x < t:
+            t = x
+        x = self._t_leave
+        if x < t:
+            t = x
+        rtx = self._rtx
+        if rtx and rtx[0][0] < t:
+            t = rtx[0][0]
         data = self._data
         if data is not None and self._state is not PeerState.LEFT:
             due = data.next_deadline()
@@ -552,7 +578,7 @@ class ChordPeer:
         return interval * (1.0 + j * (2.0 * self._rng.random() - 1.0)) if j else interval
 
     def _candidate(self) -> tuple[IceCandidate, ...]:
-        return (IceCandidate(IpAddressPort(self._address.host, self._address.port)),)
+        return self._cand
 
     def _header(
         self,
@@ -561,13 +587,8 @@ class ChordPeer:
         dests: tuple[Destination, ...],
         ttl: int,
     ) -> ForwardingHeader:
-        return ForwardingHeader(
-            overlay=self._overlay,
-            transaction_id=tid,
-            via_list=via,
-            destination_list=dests,
-            ttl=ttl,
-        )
+        # positional (options=() is the default) is the cheaper call on this hot path
+        return ForwardingHeader(self._overlay, tid, via, dests, (), ttl)
 
     def _originate(
         self,
@@ -628,7 +649,7 @@ class ChordPeer:
         hop: int | None
         if isinstance(first, NodeDestination):
             target = first.node_id
-            if popped or not message.is_request or target in self._addr:
+            if popped or not _is_request(message) or target in self._addr:
                 hop = target  # source route / answer path / a peer we know: straight there
             else:
                 hop = self._route(target)
@@ -641,17 +662,17 @@ class ChordPeer:
             self._actions.append(Dropped("no route", message))
             return
         forwarded = Message(
-            ForwardingHeader(
-                overlay=header.overlay,
-                transaction_id=header.transaction_id,
-                via_list=(*header.via_list, self._me),
-                destination_list=dests,
-                options=header.options,
-                ttl=header.ttl - 1,
-                configuration_sequence=header.configuration_sequence,
-                version=header.version,
-                fragment=header.fragment,
-                max_response_length=header.max_response_length,
+            ForwardingHeader(  # positional, in field order: the cheaper call on a hot path
+                header.overlay,
+                header.transaction_id,
+                (*header.via_list, self._me),
+                dests,
+                header.options,
+                header.ttl - 1,
+                header.configuration_sequence,
+                header.version,
+                header.fragment,
+                header.max_response_length,
             ),
             message.body,
             message.extensions,
@@ -705,7 +726,8 @@ class ChordPeer:
 
     def _send_answer(self, request: Message, body: MessageBody, now: float) -> None:
         header = request.header
-        dests = tuple(reversed(header.via_list))
+        via = header.via_list
+        dests = via if len(via) == 1 else tuple(reversed(via))
         if not dests:
             return
         response = Message(
@@ -722,7 +744,7 @@ class ChordPeer:
 
     def _reject(self, message: Message, code: int, text: str, now: float) -> None:
         self._actions.append(Dropped(text, message))
-        if message.is_request:
+        if _is_request(message):
             self._send_answer(message, ErrorResponse(code, text.encode()), now)
 
     def _deliver_error_locally(self, message: Message, code: int, text: str) -> None:
@@ -735,7 +757,7 @@ class ChordPeer:
 
     # ================================================================== delivery
     def _deliver(self, message: Message, now: float) -> None:
-        if not message.is_request:
+        if not _is_request(message):
             if len(message.header.destination_list) == 1:
                 self._on_response(message, now)
             return
@@ -754,7 +776,7 @@ class ChordPeer:
         if isinstance(body, PingReq):
             self._answer(message, PingAns(self._rng.getrandbits(64), int(now * 1000)), now)
         elif isinstance(body, UpdateReq):
-            self._answer(message, UpdateAns(), now)
+            self._answer(message, _UPDATE_ANS, now)
             self._on_update(origin, body, len(via) == 1, now)
         elif isinstance(body, AttachReq):
             self._on_attach_req(message, origin, body, now)
@@ -934,7 +956,7 @@ class ChordPeer:
         address) when we can reach that neighbour: routing alone cannot find a peer that sits
         in a range we still think is ours.
         """
-        if node == self._id or self._tombstoned(node, now):
+        if node == self._id or (node in self._dead and self._tombstoned(node, now)):
             return
         if not force and not self._fits(node):
             return
@@ -995,7 +1017,7 @@ class ChordPeer:
             self._addr[origin] = address
             self._heard[origin] = now
             self._revive(origin)
-        self._answer(message, AttachAns(role=b"active", candidates=self._candidate()), now)
+        self._answer(message, self._attach_ans, now)
         if body.send_update and address is not None and self._state is PeerState.JOINED:
             self._send_update(origin, now)
 
@@ -1038,9 +1060,14 @@ class ChordPeer:
             if fresh != self._pred:
                 self._pred = fresh
                 self._changed = True
+        # Most listed peers are in our lists already, where _offer does nothing: skip the call.
         for n in succs:
+            if (n in self._succ or n in self._pred) and n not in self._dead:
+                continue
             self._offer(n, now, informer=origin)
         for n in preds:
+            if (n in self._succ or n in self._pred) and n not in self._dead:
+                continue
             self._offer(n, now, informer=origin)
         self._check_stale_view(origin, preds, succs, now)
 

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from overlay.actions import PeerState
+from overlay.actions import AppRequest, PeerState
 from overlay.config import ChordConfig
 from overlay.ids import MASK
-from overlay.sim import SimParams, Simulation, run_simulation
+from overlay.sim import SimNode, SimParams, Simulation, run_simulation
 
 
 def build(sim: Simulation, count: int, within: float = 1.0) -> list[int]:
@@ -118,6 +118,34 @@ def test_lookups_survive_message_loss() -> None:
     assert lookups_succeed(sim, 300) == 1.0
 
 
+class _ArrivalOrder(Simulation):
+    """Records the transaction ids of the application requests each peer is handed."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.arrived: list[int] = []
+
+    def _on_app_request(self, node: SimNode, action: AppRequest) -> None:
+        self.arrived.append(action.message.header.transaction_id)
+        super()._on_app_request(node, action)
+
+
+def test_one_link_delivers_in_order_despite_jittered_latency() -> None:
+    sim = _ArrivalOrder(seed=13)
+    a = sim.add_node(bootstrap=())
+    b = sim.add_node(bootstrap=[a])
+    assert sim.run_until_converged(10.0, full=True) is not None
+    sent: list[int] = []
+    for i in range(300):  # a burst far denser than the 2 ms jitter: reordering would show
+        sim.run_until(sim.now + 0.0001)
+        before = set(sim.lookups)
+        sim.lookup(a, (b - 1 - i) & MASK)  # b owns these ids: one hop over the a-b link
+        (key,) = set(sim.lookups) - before
+        sent.append(key[1])
+    sim.run_for(1.0)
+    assert sim.arrived == sent
+
+
 def test_same_seed_gives_the_same_numbers() -> None:
     params = SimParams(
         nodes=60, lookups=300, fail=0.2, churn=2.0, churn_duration=10.0, quiet=5.0, seed=3
@@ -130,6 +158,38 @@ def test_same_seed_gives_the_same_numbers() -> None:
     other = run_simulation(SimParams(nodes=60, lookups=300, quiet=5.0, seed=4))
     other.pop("wall_seconds")
     assert other["messages_total"] != first["messages_total"]
+
+
+def test_a_wave_build_joins_every_peer_and_routes_like_a_steady_build() -> None:
+    waves = run_simulation(
+        SimParams(nodes=400, lookups=1000, build="waves", settle=5.0, quiet=5.0, seed=2)
+    )
+    assert waves["build"] == "waves"
+    assert waves["waves"] == 9  # doubling by default: 1 -> 2 -> 4 -> ... -> 256 -> 400
+    rounds = waves["wave_converged_rounds"]
+    assert isinstance(rounds, list) and len(rounds) == 8 and None not in rounds
+    assert waves["converged"] is True and waves["lists_converged_rounds"] is not None
+    assert waves["lookup_success"] == 1.0
+    assert waves["settle_seconds"] == 5.0 and waves["measure_seconds"] == 5.0
+    steady = run_simulation(SimParams(nodes=400, lookups=1000, quiet=5.0, seed=2))
+    assert steady["build"] == "steady" and "waves" not in steady
+    # the same protocol builds the same kind of ring: hop counts agree closely
+    wave_hops, steady_hops = waves["mean_hops"], steady["mean_hops"]
+    assert isinstance(wave_hops, float) and isinstance(steady_hops, float)
+    assert abs(wave_hops - steady_hops) <= 0.1 * steady_hops
+    assert waves["p99_hops"] <= steady["p99_hops"] + 1  # type: ignore[operator]
+
+
+def test_wave_builds_are_deterministic_and_unknown_builds_are_refused() -> None:
+    params = SimParams(nodes=80, lookups=200, build="waves", quiet=2.0, seed=5, wave_growth=3.0)
+    first = run_simulation(params)
+    second = run_simulation(params)
+    first.pop("wall_seconds")
+    second.pop("wall_seconds")
+    assert first == second
+    assert first["waves"] == 4  # 1 -> 4 -> 16 -> 64 -> 80
+    with pytest.raises(ValueError, match="build"):
+        run_simulation(SimParams(nodes=3, build="all at once"))
 
 
 def test_1000_peers_converge_and_route_10000_lookups_then_survive_20_percent_failures() -> None:
