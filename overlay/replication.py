@@ -80,6 +80,7 @@ from overlay.replication_backend import (
 )
 
 INF = math.inf
+PUSH_RECHECK = 0.05  # s between looks at the push queue while anti-entropy buckets wait
 NOT_RESPONSIBLE = "not responsible"
 
 Callback = Callable[[Message | None, float], None]
@@ -123,6 +124,7 @@ class _Sync:
     hi: int
     buckets: int
     outstanding: int = 0
+    to_push: deque[int] = field(default_factory=deque)  # differing buckets not yet queued
 
 
 def _responder(message: Message) -> int | None:
@@ -186,6 +188,7 @@ class Replicator:
                 "sync_rounds",
                 "sync_buckets_differing",
                 "sync_records_pushed",
+                "sync_push_steps",
                 "sync_records_pulled",
                 "handoff_records",
                 "leave_records",
@@ -706,12 +709,6 @@ class Replicator:
             differ = [i for i in range(sync.buckets) if ours[i] != theirs[i]]
             self.counters["sync_buckets_differing"] += len(differ)
             dest = (NodeDestination(sync.to),)
-            for i in differ:
-                records = self.backend.records_in_bucket(sync.lo, sync.hi, sync.buckets, i, ms)
-                self.counters["sync_records_pushed"] += len(records)
-                for req in self._requests_for(records, sync.number):
-                    sync.outstanding += 1
-                    self._enqueue(dest, req, self._sync_step(sync))
             step = max(1, self.config.buckets_per_pull)
             for j in range(0, len(differ), step):
                 keys = tuple(
@@ -720,11 +717,37 @@ class Replicator:
                 body = FetchReq(sync.hi, (StoredDataSpecifier(ANTI_ENTROPY_KIND, 0, keys),))
                 sync.outstanding += 1
                 self._send(dest, body, now, self._pulled(sync))
-            self._pump(now)
-            if sync.outstanding == 0:
-                self._end_sync(sync, now)
+            # Held by the push phase until its last bucket is queued; it ends the sync when
+            # nothing else is outstanding.
+            sync.outstanding += 1
+            sync.to_push.extend(differ)
+            self._push_some(sync, now)
 
         return answered
+
+    def _push_some(self, sync: _Sync, now: float) -> None:
+        """Queue the records of differing buckets only while the push queue is short: building
+        every record of a badly diverged range at once (a replica left short by an overload)
+        held the event loop for seconds."""
+        if self._syncs.get(sync.to) is not sync or self._range != (sync.lo, sync.hi):
+            sync.to_push.clear()  # superseded: the next round compares again
+        ms = self.ms(now)
+        dest = (NodeDestination(sync.to),)
+        while sync.to_push and len(self._queue) < self.config.max_in_flight:
+            i = sync.to_push.popleft()
+            records = self.backend.records_in_bucket(sync.lo, sync.hi, sync.buckets, i, ms)
+            self.counters["sync_records_pushed"] += len(records)
+            self.counters["sync_push_steps"] += 1
+            for req in self._requests_for(records, sync.number):
+                sync.outstanding += 1
+                self._enqueue(dest, req, self._sync_step(sync))
+        self._pump(now)
+        if sync.to_push:
+            self._at(now + PUSH_RECHECK, lambda t: self._push_some(sync, t))
+            return
+        sync.outstanding -= 1
+        if sync.outstanding == 0:
+            self._end_sync(sync, now)
 
     def _sync_step(self, sync: _Sync) -> Callback:
         def answered(message: Message | None, now: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from replication_support import (
     FAST,
@@ -30,7 +31,7 @@ from overlay.messages import (
     StoreAns,
     StoredDataSpecifier,
 )
-from overlay.replication_backend import Role
+from overlay.replication_backend import ReplicationConfig, Role
 from overlay.sim import Simulation
 
 
@@ -326,3 +327,42 @@ def test_a_stable_ring_does_not_rescan_roles_every_anti_entropy_round(tmp_path: 
     sim.crash(sim.ring[3])
     run_until_repaired(sim, want)
     assert any(replicator(sim, n).counters["role_scans"] > scans[n] for n in sim.ring)
+
+
+def test_a_replica_emptied_is_refilled_a_few_buckets_at_a_time(tmp_path: Path) -> None:
+    """Anti-entropy against a replica that lost its whole copy: every bucket differs, yet the
+    primary builds the records of a bucket only while its push queue is short, spread over
+    time, instead of all of them in one step on the event loop; the copy comes back whole."""
+    config = ReplicationConfig(
+        anti_entropy_interval=10.0,
+        garbage_interval=3.0,
+        garbage_quiet=3.0,
+        sweep_interval=5.0,
+        max_in_flight=4,
+        anti_entropy_buckets=32,
+    )
+    sim = make_sim(tmp_path, seed=14, replication=config)
+    build(sim, 5)
+    want = fill(sim, 1500)
+    run_until_repaired(sim, want)
+    owner, replica = sim.ring[1], sim.ring[2]
+    primary_store = sim.nodes[owner].backend
+    assert primary_store is not None
+    built_at: list[float] = []
+    scan = primary_store.records_in_bucket
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        built_at.append(sim.now)
+        return scan(*args, **kwargs)
+
+    primary_store.records_in_bucket = watched  # type: ignore[method-assign]
+    damaged = sim.nodes[replica].backend
+    assert damaged is not None
+    pred = sim.ring[0]
+    assert damaged.delete_range(pred, owner) > 100  # the replica's whole copy of owner's range
+    steps0 = replicator(sim, owner).counters["sync_push_steps"]
+    sim.run_for(config.anti_entropy_interval * 1.5)
+    assert fully_replicated(sim, want)
+    steps = replicator(sim, owner).counters["sync_push_steps"] - steps0
+    assert steps >= 20, steps  # nearly every one of the 32 buckets differed
+    assert len(set(built_at)) >= 5, sorted(set(built_at))  # spread over time, not one step
