@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from overlay.messages import (
     StoreAns,
     StoredDataSpecifier,
 )
-from overlay.replication_backend import ReplicationConfig, Role
+from overlay.replication_backend import Role
 from overlay.sim import Simulation
 
 
@@ -333,14 +334,7 @@ def test_a_replica_emptied_is_refilled_a_few_buckets_at_a_time(tmp_path: Path) -
     """Anti-entropy against a replica that lost its whole copy: every bucket differs, yet the
     primary builds the records of a bucket only while its push queue is short, spread over
     time, instead of all of them in one step on the event loop; the copy comes back whole."""
-    config = ReplicationConfig(
-        anti_entropy_interval=10.0,
-        garbage_interval=3.0,
-        garbage_quiet=3.0,
-        sweep_interval=5.0,
-        max_in_flight=4,
-        anti_entropy_buckets=32,
-    )
+    config = dataclasses.replace(FAST, max_in_flight=4, anti_entropy_buckets=32)
     sim = make_sim(tmp_path, seed=14, replication=config)
     build(sim, 5)
     want = fill(sim, 1500)
