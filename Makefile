@@ -48,16 +48,25 @@ ring: $(RUN_STAMP)
 
 # The Debian tools the tests need. Installed only when missing, and only where apt-get can run
 # as root; anywhere else we say what to install instead of failing obscurely later.
+# tshark/dumpcap (wire checks), sipp (SIP clients), kamailio (baseline), faketime (clock jumps
+# in the nemesis harness), chromium (the ring page test), iproute2 (network namespaces).
+TOOLS_DEB := tshark sip-tester kamailio faketime chromium iproute2
+
 tools:
-	@if ! command -v tshark >/dev/null 2>&1 || ! command -v dumpcap >/dev/null 2>&1 \
-	    || ! command -v sipp >/dev/null 2>&1 \
-	    || ! { command -v kamailio || test -x /usr/sbin/kamailio; } >/dev/null 2>&1; then \
+	@missing=""; \
+	command -v tshark >/dev/null 2>&1 && command -v dumpcap >/dev/null 2>&1 || missing="$$missing tshark"; \
+	command -v sipp >/dev/null 2>&1 || missing="$$missing sip-tester"; \
+	{ command -v kamailio || test -x /usr/sbin/kamailio; } >/dev/null 2>&1 || missing="$$missing kamailio"; \
+	command -v faketime >/dev/null 2>&1 || missing="$$missing faketime"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	{ command -v ip || test -x /usr/sbin/ip; } >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing tshark, sip-tester and kamailio (apt-get)"; \
+	    echo "installing$$missing (apt-get)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends tshark sip-tester kamailio; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $(TOOLS_DEB); \
 	  else \
-	    echo "error: tshark, sipp or kamailio is missing; install them as root: apt-get install tshark sip-tester kamailio" >&2; \
+	    echo "error: missing Debian packages:$$missing; install them as root: apt-get install $(TOOLS_DEB)" >&2; \
 	    exit 1; \
 	  fi; \
 	fi

@@ -63,6 +63,24 @@ class NeighborsChanged:
     successors: tuple[int, ...]
 
 
+class LossReason(Enum):
+    """Why a neighbour was dropped from our lists."""
+
+    MISSED_PINGS = "missed pings"
+    LINK_FAILED = "link failed"
+    LEFT = "left the ring"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLost:
+    """A neighbour (successor or predecessor) was dropped: it left, or we think it failed.
+    Emitted once per loss, before the ``NeighborsChanged`` that follows it."""
+
+    node_id: int
+    reason: LossReason
+    address: Address | None
+
+
 @dataclass(frozen=True, slots=True)
 class AppRequest:
     """A request for the application (Store, Fetch, Stat, AppAttach…) delivered to this peer.
@@ -109,6 +127,7 @@ class Dropped:
 Event = (
     StateChanged
     | NeighborsChanged
+    | PeerLost
     | AppRequest
     | RequestCompleted
     | RequestFailed
@@ -124,8 +143,10 @@ __all__ = [
     "Dropped",
     "Event",
     "LocalAnswer",
+    "LossReason",
     "MessageBody",
     "NeighborsChanged",
+    "PeerLost",
     "PeerState",
     "RequestCompleted",
     "RequestFailed",

@@ -44,7 +44,9 @@ from overlay.actions import (
     Address,
     AppRequest,
     Dropped,
+    LossReason,
     NeighborsChanged,
+    PeerLost,
     PeerState,
     RequestCompleted,
     RequestFailed,
@@ -383,7 +385,7 @@ class ChordPeer:
             return
         if next_hop is None:
             return  # a bootstrap address: the join retry timer moves on to the next one
-        self._declare_dead(next_hop, now)
+        self._declare_dead(next_hop, now, LossReason.LINK_FAILED)
         self._finish(now)
 
     def tick(self, now: float) -> None:
@@ -1107,11 +1109,13 @@ class ChordPeer:
     def _neighbours(self) -> list[int]:
         return sorted(set(self._succ) | set(self._pred))
 
-    def _declare_dead(self, node: int, now: float) -> None:
+    def _declare_dead(self, node: int, now: float, reason: LossReason) -> None:
         self._dead[node] = (now, now + self._cfg.dead_hold)
         if self._pred_hint == node:
             self._pred_hint = None
         in_lists = node in self._succ or node in self._pred
+        if in_lists:
+            self._actions.append(PeerLost(node, reason, self._addr.get(node)))
         if node in self._succ:
             self._succ.remove(node)
             self._changed = True
@@ -1292,7 +1296,7 @@ class ChordPeer:
         leaver = body.leaving_peer_id
         if leaver == self._id:
             return
-        self._declare_dead(leaver, now)
+        self._declare_dead(leaver, now, LossReason.LEFT)
         for n in body.node_ids:
             self._offer(n, now)
 
@@ -1325,7 +1329,7 @@ class ChordPeer:
             self._pinged.add(n)
             self._send_direct(n, PingReq(), self._new_tid())
         for n in dead:
-            self._declare_dead(n, now)
+            self._declare_dead(n, now, LossReason.MISSED_PINGS)
 
     def _update_round(self, now: float) -> None:
         for n in self._neighbours():

@@ -35,6 +35,7 @@ from overlay.actions import (
     Event,
     LocalAnswer,
     NeighborsChanged,
+    PeerLost,
     PeerState,
     RequestCompleted,
     RequestFailed,
@@ -554,6 +555,14 @@ class OverlayRuntime:
                 _short(self._node_id),
                 " ".join(_short(p) for p in event.predecessors),
                 " ".join(_short(s) for s in event.successors),
+            )
+        elif isinstance(event, PeerLost):
+            log.warning(
+                "node %s: lost neighbour %s at %s (%s)",
+                _short(self._node_id),
+                _short(event.node_id),
+                event.address or "unknown address",
+                event.reason.value,
             )
         elif isinstance(event, Dropped):
             self._counters["dropped"] += 1
