@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+# The shortest period a periodic timer may have: below it a peer does little but tick (a 1 ns
+# Update interval spins a core), and no network answers that fast anyway.
+MIN_PERIOD = 0.05
+# The longest any timer may be: a day. Past it a typo (1e9) silently switches a timer off.
+MAX_PERIOD = 86400.0
+
+
+def check_seconds(name: str, value: float, *, minimum: float, maximum: float = MAX_PERIOD) -> None:
+    """Raise ValueError naming ``name`` unless ``minimum <= value <= maximum`` (NaN and the
+    infinities fail: a NaN deadline compares false with everything and stops a timer loop)."""
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be between {minimum:g} and {maximum:g} s, not {value:g}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +43,15 @@ class ChordConfig:
     def __post_init__(self) -> None:
         if self.successors < 3 or self.predecessors < 3:
             raise ValueError("successor and predecessor lists need at least 3 entries each")
-        if not 0 <= self.jitter < 1:
-            raise ValueError("jitter must be in [0, 1)")
+        if not (isinstance(self.jitter, int | float) and 0 <= self.jitter < 1):
+            raise ValueError(f"jitter must be in [0, 1), not {self.jitter!r}")
         for name in ("ping_interval", "update_interval", "finger_interval", "retransmit_interval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+            check_seconds(name, getattr(self, name), minimum=MIN_PERIOD)
+        for name in ("request_lifetime", "leave_timeout", "join_retry"):
+            check_seconds(name, getattr(self, name), minimum=MIN_PERIOD)
+        for name in ("duplicate_window", "dead_hold"):
+            check_seconds(name, getattr(self, name), minimum=0.0)
+        if self.missed_pings < 1 or self.max_sends < 1:
+            raise ValueError("missed_pings and max_sends must be at least 1")
+        if not 1 <= self.initial_ttl <= 255:
+            raise ValueError("initial_ttl must be in 1..255")

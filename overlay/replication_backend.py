@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, Protocol
 
+from overlay.config import MIN_PERIOD, check_seconds
 from overlay.messages import (
     FetchKindResponse,
     Signature,
@@ -153,8 +154,15 @@ class ReplicationConfig:
     def __post_init__(self) -> None:
         if self.replicas < 0:
             raise ValueError("replicas must be >= 0")
-        for name in ("replica_timeout", "handoff_timeout", "anti_entropy_interval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+        for name in (
+            "replica_timeout",
+            "handoff_timeout",
+            "anti_entropy_interval",
+            "garbage_interval",
+            "sweep_interval",
+        ):
+            check_seconds(name, getattr(self, name), minimum=MIN_PERIOD)
+        for name in ("settle", "garbage_quiet"):
+            check_seconds(name, getattr(self, name), minimum=0.0)
         if self.anti_entropy_buckets < 1 or self.max_in_flight < 1:
             raise ValueError("anti_entropy_buckets and max_in_flight must be at least 1")

@@ -20,6 +20,7 @@ from enum import Enum
 from typing import cast
 
 from overlay.actions import Address
+from overlay.config import check_seconds
 from overlay.framing import (
     DEFAULT_MAX_PAYLOAD,
     SEQUENCE_MOD,
@@ -53,8 +54,9 @@ class LinkConfig:
     max_write_buffer: int = 16 * DEFAULT_MAX_PAYLOAD
 
     def __post_init__(self) -> None:
-        if self.failure_floor <= 0 or self.connect_timeout <= 0 or self.check_interval <= 0:
-            raise ValueError("failure_floor, connect_timeout and check_interval must be positive")
+        check_seconds("failure_floor", self.failure_floor, minimum=0.01)
+        check_seconds("connect_timeout", self.connect_timeout, minimum=0.01)
+        check_seconds("check_interval", self.check_interval, minimum=0.01)
         if self.max_links < 1:
             raise ValueError("max_links must be at least 1")
 

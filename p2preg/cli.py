@@ -946,7 +946,7 @@ def apply_config_file(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from overlay.config import ChordConfig
+    from overlay.config import MIN_PERIOD, ChordConfig, check_seconds
     from p2preg.logs import setup_logging
     from p2preg.node import (
         NodeOptions,
@@ -981,8 +981,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _Usage(f"bad overlay tuning: {exc}") from None
     if args.missed_pings < 1 or args.leave_timeout <= 0:
         raise _Usage("--missed-pings must be at least 1 and --leave-timeout positive")
-    if args.anti_entropy_interval is not None and args.anti_entropy_interval <= 0:
-        raise _Usage("--anti-entropy-interval must be positive")
+    if args.anti_entropy_interval is not None:
+        try:
+            check_seconds("--anti-entropy-interval", args.anti_entropy_interval, minimum=MIN_PERIOD)
+        except ValueError as exc:
+            raise _Usage(str(exc)) from None
     if args.max_map_size is not None and args.max_map_size < 1:
         raise _Usage("--max-map-size must be at least 1 MiB")
     try:
