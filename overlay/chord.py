@@ -619,6 +619,12 @@ class ChordPeer:
             if target in self._addr:
                 self._actions.append(Send(target, self._addr[target], message))
                 return target
+            if self._speaking(target, now):
+                # It spoke to us over a link that is still open: use that link. Routing would
+                # not find it when its id lies in a range we took over after dropping it (we
+                # would deliver our own Attach to ourselves and never re-admit it).
+                self._actions.append(Send(target, None, message))
+                return target
             exact = False
         elif isinstance(first, ResourceDestination):
             target = first.resource_id
@@ -893,6 +899,13 @@ class ChordPeer:
             and now - heard <= 3 * self._cfg.update_interval
             and node in self._addr
             and node not in self._dead
+        )
+
+    def _speaking(self, node: int, now: float) -> bool:
+        """It sent us a message directly within the failure-detection window."""
+        heard = self._heard.get(node)
+        return heard is not None and now - heard <= self._cfg.ping_interval * (
+            self._cfg.missed_pings + 1
         )
 
     def _tombstoned(self, node: int, now: float) -> bool:
@@ -1295,6 +1308,10 @@ class ChordPeer:
     def _on_leave_req(self, origin: int, body: LeaveReq, now: float) -> None:
         leaver = body.leaving_peer_id
         if leaver == self._id:
+            return
+        if leaver != origin:
+            # Only a peer itself may say it leaves (RFC 6940 §10.8); anyone else is lying.
+            self._actions.append(Dropped("LeaveReq for another peer"))
             return
         self._declare_dead(leaver, now, LossReason.LEFT)
         for n in body.node_ids:

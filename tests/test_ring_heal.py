@@ -1,0 +1,112 @@
+"""A peer its neighbours wrongly dropped comes back (nemesis bug 1).
+
+Before the fix, the neighbours Attached to the dropped peer's id, which by then lay in their
+own range, and delivered the Attach to themselves: the peer stayed out for good, the ring
+never closed again, and both sides answered for the same range (a split brain).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from replication_support import KIND, all_fetchable, fill, make_sim, run_until_repaired
+from replication_support import build as build_with_storage
+from test_sim import build
+
+from overlay.config import ChordConfig
+from overlay.ids import MASK
+from overlay.messages import (
+    ChordLeaveType,
+    ForwardingHeader,
+    LeaveReq,
+    Message,
+    NodeDestination,
+    overlay_hash,
+)
+from overlay.sim import Simulation
+
+
+def spoofed_leave(sim: Simulation, sender: int, to: int, leaver: int) -> Message:
+    header = ForwardingHeader(
+        overlay_hash(sim.config.overlay_name),
+        sim.rng.getrandbits(64),
+        (NodeDestination(sender),),
+        (NodeDestination(to),),
+    )
+    return Message(header, LeaveReq(leaver, ChordLeaveType.FROM_SUCC, ()))
+
+
+def drop_from_neighbours(sim: Simulation, victim: int) -> None:
+    """Make every peer that lists ``victim`` drop it, as a forged Leave (or a reset link,
+    or a pause past the failure detector) does, while the victim itself stays up."""
+    for node in sim.live_ids():
+        peer = sim.peer(node)
+        if node != victim and (victim in peer.successors or victim in peer.predecessors):
+            sim.inject(node, spoofed_leave(sim, victim, node, victim))
+
+
+def test_a_leave_for_another_peer_is_ignored() -> None:
+    sim = Simulation(seed=2)
+    build(sim, 6)
+    assert sim.run_until_converged(30.0, full=True) is not None
+    victim, neighbour = sim.ring[2], sim.ring[3]
+    sim.inject(neighbour, spoofed_leave(sim, sim.ring[0], neighbour, victim))
+    assert sim.peer(neighbour).predecessors[0] == victim
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_a_peer_dropped_by_its_neighbours_is_readmitted(seed: int) -> None:
+    sim = Simulation(seed=seed)
+    build(sim, 12)
+    assert sim.run_until_converged(30.0, full=True) is not None
+    victim = sim.ring[5]
+    drop_from_neighbours(sim, victim)
+    assert all(victim not in sim.peer(n).predecessors for n in sim.ring if n != victim)
+    dropped_at = sim.now
+    # The victim sends its periodic Update within update_interval; a dead-hold tombstone
+    # must not keep it out longer than that plus a few rounds.
+    bound = sim.config.update_interval + sim.config.dead_hold + 10.0
+    healed = sim.run_until_converged(dropped_at + bound, full=True)
+    assert healed is not None, "the dropped peer was never re-admitted"
+    ranges = [sim.peer(n).responsible_range() for n in sim.ring]
+    covered = sum(((hi - lo) & MASK) or (MASK + 1) for lo, hi in (r for r in ranges if r))
+    assert covered == MASK + 1, "ownership does not add up to the whole ring once"
+
+
+def test_a_peer_dropped_by_its_neighbours_with_short_timers_is_readmitted() -> None:
+    config = ChordConfig(ping_interval=0.3, update_interval=1.0, finger_interval=0.3, dead_hold=3.0)
+    sim = Simulation(seed=9, config=config)
+    build(sim, 8)
+    assert sim.run_until_converged(30.0, full=True) is not None
+    for victim in list(sim.ring[1:4]):
+        drop_from_neighbours(sim, victim)
+        sim.run_for(0.5)
+    assert sim.run_until_converged(sim.now + 30.0, full=True) is not None
+
+
+def test_no_split_brain_after_the_dropped_peer_is_readmitted(tmp_path: Path) -> None:
+    """A removal made through the side that dropped the peer wins everywhere once it is back:
+    lookups through the dropped peer no longer return the removed value."""
+    sim = make_sim(tmp_path, seed=31)
+    build_with_storage(sim, 10)
+    want = fill(sim, 300)
+    run_until_repaired(sim, want)
+    victim = sim.ring[4]
+    owned = [(res, key) for (res, key) in want if sim.responsible(res) == victim]
+    assert owned, "the victim owns no record: pick another seed"
+    drop_from_neighbours(sim, victim)
+    sim.run_for(1.0)
+    successor = sim.peer(victim).successors[0]
+    # Written through the successor, which now believes it owns the victim's range.
+    ops = []
+    for resource, key in owned:
+        want[(resource, key)] = b"after-split"
+        ops.append(sim.put(successor, resource, KIND, key, b"after-split"))
+    assert sim.wait(ops, 60.0) and all(op.ok for op in ops), [op.answer for op in ops]
+    run_until_repaired(sim, want, timeout=180.0)
+    assert victim in sim.ring and sim.ring_is_consistent(full=True)
+    for resource, key in owned:
+        answer = sim.fetch(victim, resource, KIND, (key,))
+        assert answer.values().get(key) == b"after-split", answer.answer
+    assert all_fetchable(sim, want) == []
