@@ -52,11 +52,15 @@ class LinkConfig:
     rto_max: float = 10.0
     check_interval: float = 0.25
     max_write_buffer: int = 16 * DEFAULT_MAX_PAYLOAD
+    # An inbound connection that sends no frame within this many seconds is closed: a peer
+    # speaks at once, so a silent one only holds a slot of the connection table.
+    hello_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         check_seconds("failure_floor", self.failure_floor, minimum=0.01)
         check_seconds("connect_timeout", self.connect_timeout, minimum=0.01)
         check_seconds("check_interval", self.check_interval, minimum=0.01)
+        check_seconds("hello_timeout", self.hello_timeout, minimum=0.01)
         if self.max_links < 1:
             raise ValueError("max_links must be at least 1")
 
@@ -215,6 +219,7 @@ class LinkLayer:
             "links_failed": 0,
             "links_rejected": 0,
             "links_evicted": 0,
+            "links_silent_closed": 0,
             "connect_failures": 0,
             "framing_errors": 0,
             "send_failures": 0,
@@ -326,16 +331,25 @@ class LinkLayer:
         return self._loop.time()
 
     def _make_room(self) -> bool:
+        """Close one idle link if the table is full. Links whose peer we do not know (inbound
+        connections that have not said who they are) go first, oldest first: a burst of idle
+        connects must never push out the links to our real neighbours, whose other end would
+        see the close as our failure."""
         if len(self._links) < self.config.max_links:
             return True
-        idle = [
-            link
-            for link in self._links.values()
-            if link.state is LinkState.OPEN and not link.unacked and not link.queued
-        ]
-        if not idle:
+        anonymous: Link | None = None
+        known: Link | None = None
+        for link in self._links.values():
+            if link.state is not LinkState.OPEN or link.unacked or link.queued:
+                continue
+            if link.node_id is None:
+                if anonymous is None or link.last_activity < anonymous.last_activity:
+                    anonymous = link
+            elif known is None or link.last_activity < known.last_activity:
+                known = link
+        victim = anonymous or known
+        if victim is None:
             return False
-        victim = min(idle, key=lambda link: link.last_activity)
         log.debug("connection table full, closing idle %r", victim)
         self.counters["links_evicted"] += 1
         self._drop(victim)
@@ -520,7 +534,18 @@ class LinkLayer:
         while True:
             await asyncio.sleep(self.config.check_interval)
             now = self._now()
+            hello = self.config.hello_timeout
             for link in list(self._links.values()):
+                if (
+                    link.inbound
+                    and link.frames_received == 0
+                    and link.state is LinkState.OPEN
+                    and now - link.last_activity > hello
+                ):
+                    self.counters["links_silent_closed"] += 1
+                    log.debug("closing %r: no frame within %.1f s", link, hello)
+                    self._drop(link)
+                    continue
                 if link.state is not LinkState.OPEN or not link.unacked:
                     continue
                 oldest = next(iter(link.unacked.values()))
