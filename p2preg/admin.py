@@ -40,6 +40,7 @@ from p2preg.ring import (
     BadKey,
     RingQueryError,
     key_to_resource,
+    merge_down,
     probe,
     probe_entry,
     route_path,
@@ -110,7 +111,11 @@ async def get_ring(request: web.Request) -> web.Response:
         return refusal
     counts = await node.refresh_counts()
     own = self_entry(node.rt.view(), node.exp_probe(), counts.resources)
-    return web.json_response(await walk_ring(node.rt, own))
+    walk = await walk_ring(node.rt, own)
+    for node_id in merge_down(walk, node.down_peers()):
+        node.mark_seen(node_id)
+    walk["down_window_s"] = node.options.down_window
+    return web.json_response(walk)
 
 
 # --- records held here ------------------------------------------------------------------------
@@ -516,6 +521,9 @@ def make_app(node: Node) -> web.Application:
     app.router.add_put("/v1/kv/{name:.+}", put_kv)
     app.router.add_post("/v1/leave", post_leave)
     app.router.add_get("/metrics", get_metrics)
+    from p2preg.ring_page import add_ring_page  # GET /: the live ring page (ring_page.py)
+
+    add_ring_page(app)
     return app
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -76,12 +77,18 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+ADMIN_ENV = "P2PREG_ADMIN"
+
+
 def _add_admin_args(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get(ADMIN_ENV) or None
     parser.add_argument(
         "--admin",
-        required=True,
+        default=default,
         metavar="HOST:PORT",
-        help="admin API address of the node to ask (what its `p2preg run --admin` bound)",
+        help="admin API address of the node to ask (what its `p2preg run --admin` bound). "
+        f"Default: ${ADMIN_ENV} ({default or 'not set'}). HTTP(S) proxy variables are "
+        "ignored for admin calls",
     )
     parser.add_argument(
         "--json", action="store_true", help="print JSON for machines instead of a table"
@@ -169,7 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="HOST:PORT",
         help="overlay address of a peer already in the ring; repeat or list several, any one "
-        "answering is enough. Default: none, i.e. start a new ring",
+        "answering is enough. The list may name this node itself (one seeds list for every "
+        "node): it is skipped, and the first seed of the list founds the ring unless its "
+        "data directory remembers one. Not joined yet: a WARN line at growing intervals "
+        "(2 s, 4 s, ... 60 s). "
+        "Default: none, i.e. start a new ring (or rejoin through the peers the data "
+        "directory remembers)",
+    )
+    run.add_argument(
+        "--new-ring",
+        action="store_true",
+        help="found a new ring even though the data directory remembers being a member of one "
+        "(ring.json). Without it, a node started with no reachable bootstrap peer and no "
+        "remembered peer answering refuses to start (exit 2) instead of silently splitting "
+        "the ring. Default: off",
+    )
+    run.add_argument(
+        "--down-window",
+        type=float,
+        default=15.0,
+        metavar="MINUTES",
+        help="a peer lost (missed pings, link failed, left) stays listed as down (DN) in "
+        "`p2preg ring` for this many minutes, unless it comes back (default: %(default)s)",
     )
     run.add_argument(
         "--overlay-name",
@@ -527,6 +555,11 @@ class AdminRefused(Exception):
         self.body = body
 
 
+# The admin API is a node's own address (loopback by default): never through http_proxy,
+# which would answer for it (often "connection refused" from the proxy's side).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def admin_call(
     admin: str, method: str, path: str, timeout: float, data: bytes | None = None
 ) -> tuple[int, Any]:
@@ -539,7 +572,7 @@ def admin_call(
         headers["Content-Type"] = "application/octet-stream"
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _DIRECT.open(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
@@ -626,37 +659,61 @@ def render_status(info: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _down_note(node: dict[str, Any]) -> str:
+    if node.get("status") != "DN":
+        return node.get("error") or "" if not node["reachable"] else ""
+    since = datetime.fromtimestamp(node["down_since"], UTC).strftime("%H:%M:%SZ")
+    why = str(node["down_reason"]).replace("_", " ")
+    note = f"down since {since} ({_uptime(node['down_for_s'])} ago): {why}"
+    if node.get("reported_by"):
+        note += f", seen by {_short(node['reported_by'])}"
+    return note
+
+
 def render_ring(walk: dict[str, Any]) -> str:
     nodes = walk["nodes"]
     rows = []
     for node in nodes:
-        succ = node["successors"][0] if node["successors"] else None
+        status = node.get("status") or ("UP" if node["reachable"] else "??")
         rows.append(
             [
                 _short(node["node_id"]),
-                node["state"] or ("unreachable" if not node["reachable"] else "-"),
+                status,
+                node["state"] or "-",
                 node["overlay"] or "-",
                 node["admin"] or "-",
+                node.get("sip") or "-",
+                node.get("version") or "-",
                 _ownership(node["responsible_ppb"]),
+                _count(node.get("aors")),
+                _count(node.get("bindings")),
                 _count(node.get("primary_records")),
                 _count(node.get("replica_records")),
                 _uptime(node["uptime_s"]),
-                _short(succ),
+                _down_note(node),
             ]
         )
-    header = ["Node", "State", "Overlay", "Admin", "Owns", "Primary", "Replica", "Uptime"]
-    header.append("Successor")
+    header = ["Node", "St", "State", "Overlay", "Admin", "SIP", "Version", "Owns", "AORs"]
+    header += ["Bindings", "Primary", "Replica", "Uptime", ""]
     out = [_table(header, rows), ""]
-    down = sum(1 for n in nodes if not n["reachable"])
-    summary = f"{len(nodes)} peers walked from {_short(walk['start'])}"
+    up = sum(1 for n in nodes if n.get("status", "UP") == "UP" and n["reachable"])
+    down = sum(1 for n in nodes if n.get("status") == "DN")
+    silent = len(nodes) - up - down
+    summary = f"{len(nodes)} peers walked from {_short(walk['start'])}: {up} up"
     if down:
-        summary += f", {down} unreachable"
+        summary += f", {down} down (lost in the last {_uptime(walk.get('down_window_s'))})"
+    if silent:
+        summary += f", {silent} unreachable"
     summary += " (ring closed)" if walk["complete"] else " (ring NOT closed: walk did not return)"
-    primary = [n.get("primary_records") for n in nodes]
-    if nodes and all(isinstance(c, int) for c in primary):
+    primary = [n.get("primary_records") for n in nodes if n["reachable"]]
+    if primary and all(isinstance(c, int) for c in primary):
         held = sum(c for c in primary if c is not None)
         copies = sum(n.get("replica_records") or 0 for n in nodes)
         summary += f"; {held} primary records, {copies} replica copies"
+    aors = [n.get("aors") for n in nodes if n["reachable"]]
+    if aors and all(isinstance(c, int) for c in aors):
+        bindings = sum(n.get("bindings") or 0 for n in nodes)
+        summary += f"; {sum(c for c in aors if c is not None)} AORs, {bindings} bindings"
     out.append(summary)
     return "\n".join(out)
 
@@ -988,6 +1045,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise _Usage(str(exc)) from None
     if args.max_map_size is not None and args.max_map_size < 1:
         raise _Usage("--max-map-size must be at least 1 MiB")
+    if not (math.isfinite(args.down_window) and 0 < args.down_window <= 7 * 24 * 60):
+        raise _Usage("--down-window must be between 0 and 10080 minutes (a week)")
     try:
         options = NodeOptions(
             data_dir=args.data_dir,
@@ -1003,6 +1062,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             max_map_size=None if args.max_map_size is None else args.max_map_size << 20,
             registrar=file_config.registrar if file_config else RegistrarConfig(),
             sip_service=dict(file_config.service) if file_config else {},
+            new_ring=args.new_ring,
+            down_window=args.down_window * 60.0,
         )
         if options.node_id is not None:
             # Check before touching the data directory: a typo must not leave files behind.
@@ -1053,6 +1114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run" and args.config is not None:
             args = apply_config_file(parser, argv, args)
+        if args.command != "run" and hasattr(args, "admin") and not args.admin:
+            raise _Usage(f"no admin address: give --admin HOST:PORT or set {ADMIN_ENV}")
         return COMMANDS[args.command](args)
     except _Usage as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

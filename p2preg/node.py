@@ -20,7 +20,15 @@ from typing import IO, Any, TypeVar
 
 import lmdb
 
-from overlay.actions import Address, Event, NeighborsChanged, PeerState, StateChanged
+from overlay.actions import (
+    Address,
+    Event,
+    LossReason,
+    NeighborsChanged,
+    PeerLost,
+    PeerState,
+    StateChanged,
+)
 from overlay.config import ChordConfig
 from overlay.ids import ID_BYTES, id_hex, parse_id
 from overlay.replication_backend import ReplicationConfig
@@ -30,6 +38,17 @@ from p2preg.admin import AdminServer
 from p2preg.kinds import KIND_LIMITS, SIP_BINDING
 from p2preg.kv import KvClient, now_ms
 from p2preg.logs import short_id
+from p2preg.membership import (
+    DEFAULT_DOWN_WINDOW,
+    REMEMBERED_PEERS,
+    RecentlyLost,
+    RingMemory,
+    StartMode,
+    encode_lost,
+    plan_start,
+    tcp_error,
+    tcp_reachable,
+)
 from p2preg.sip.metrics import Histogram
 from p2preg.sip.registrar import RegistrarConfig
 from p2preg.sip.service import SipService
@@ -45,7 +64,10 @@ LOCK_FILE = "lock"
 LEAVE_TIMEOUT_MARGIN = 2.0  # s on top of the overlay's own leave timeout before we give up
 LAG_PERIOD = 0.05  # s between event-loop lag samples
 LAG_WARNING = 0.5  # s; SIP's first retransmission (T1) comes after this much silence
+JOIN_REPORT_FIRST = 2.0  # s before the first WARN that the node has not joined yet
+JOIN_REPORT_MAX = 60.0  # s between those WARN lines at most (doubling until then)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+EXIT_REFUSED = 2  # a member of an unreachable ring started without --new-ring
 COUNT_REFRESH = 1.0  # s between recounts of the records held (for Probe answers and the API)
 
 
@@ -119,6 +141,8 @@ class NodeOptions:
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     # The front-end settings of the config file's [registrar] table (config_file.SERVICE_KEYS).
     sip_service: dict[str, Any] = field(default_factory=dict)
+    new_ring: bool = False  # found a new ring even if the data directory remembers one
+    down_window: float = DEFAULT_DOWN_WINDOW  # s a lost peer stays listed as down
 
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
@@ -261,6 +285,10 @@ class Node:
         )
         self._stop = asyncio.Event()
         self._stop_reason = ""
+        self.lost = RecentlyLost(options.down_window)
+        self.memory = RingMemory.load(options.data_dir)
+        self._neighbours: set[int] = set()
+        self._join_watch: asyncio.Task[None] | None = None
 
     @property
     def sip_address(self) -> Address | None:
@@ -277,6 +305,9 @@ class Node:
             "version": __version__,
             "primary_records": self.counts.primary,
             "replica_records": self.counts.replica,
+            "aors": self.counts.aors_primary,
+            "bindings": self.counts.bindings_primary,
+            "lost": encode_lost(self.lost.entries()),
         }
 
     def _num_resources(self) -> int:
@@ -317,12 +348,117 @@ class Node:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, StateChanged):
             log.debug("overlay state: %s", event.state.value)
+            if event.state is PeerState.JOINED:
+                log.info("joined ring %r", self.options.config.overlay_name)
+        elif isinstance(event, PeerLost):
+            self._peer_lost(event)
         elif isinstance(event, NeighborsChanged):
             log.debug(
                 "neighbours: predecessors %s successors %s",
                 [short_id(p) for p in event.predecessors],
                 [short_id(s) for s in event.successors],
             )
+            self._neighbours_changed(event)
+
+    def _peer_lost(self, event: PeerLost) -> None:
+        # The runtime has logged the loss at WARN already (with the address and why).
+        self.lost.lost(event.node_id, event.reason, event.address)
+        self._neighbours.discard(event.node_id)
+        if event.reason is LossReason.LEFT:
+            log.warning("peer %s left the ring", short_id(event.node_id))
+            self._remember(forget=event.node_id)
+
+    def _neighbours_changed(self, event: NeighborsChanged) -> None:
+        now = set(event.predecessors) | set(event.successors)
+        added = now - self._neighbours
+        known_before = bool(self._neighbours)
+        addresses = self.rt.view().addresses
+        for node_id in sorted(added):
+            where = "successor" if node_id in event.successors else "predecessor"
+            address = addresses.get(node_id)
+            back = self.lost.seen(node_id)
+            if back is not None:
+                log.warning(
+                    "peer %s is back at %s (lost %.0f s ago: %s)",
+                    short_id(node_id),
+                    address or back.address or "unknown address",
+                    time.time() - back.since,
+                    back.reason.text,
+                )
+            elif known_before:
+                log.warning(
+                    "peer %s joined (now a %s of ours) at %s",
+                    short_id(node_id),
+                    where,
+                    address or "unknown address",
+                )
+        if not known_before and now:
+            log.info("neighbours: %s", " ".join(short_id(n) for n in sorted(now)))
+        self._neighbours = now
+        self._remember()
+
+    def _remember(self, forget: int | None = None) -> None:
+        """Keep the peers of our ring in the data directory: current neighbours, plus peers
+        lost without saying goodbye (they are still members), minus peers that left."""
+        if self.rt.state is not PeerState.JOINED and forget is None:
+            return
+        name = self.options.config.overlay_name
+        old = self.memory.peers if self.memory and self.memory.overlay_name == name else {}
+        addresses = self.rt.view().addresses
+        peers = {n: a for n, a in old.items() if n != forget and n != self.node_id}
+        for node_id in self._neighbours:
+            address = addresses.get(node_id)
+            if address is not None:
+                peers[node_id] = str(address)
+        if len(peers) > REMEMBERED_PEERS:
+            keep = self._neighbours | set(list(peers)[-REMEMBERED_PEERS:])
+            peers = {n: a for n, a in peers.items() if n in keep}
+        if self.memory is not None and self.memory.peers == peers:
+            return
+        self.memory = RingMemory(name, peers, time.time())
+        try:
+            self.memory.save(self.options.data_dir)
+        except OSError as exc:
+            log.warning("cannot save the ring memory in %s: %s", self.options.data_dir, exc)
+
+    def down_peers(self) -> list[dict[str, object]]:
+        """Peers lost in the last ``--down-window`` seconds, for the ring walk."""
+        now = time.time()
+        return [e.view(now) for e in self.lost.entries()]
+
+    def mark_seen(self, node_id: int) -> None:
+        """A peer answered (the ring walk probed it): it is not down."""
+        self.lost.seen(node_id)
+
+    async def _watch_join(self, bootstrap: Sequence[Address]) -> None:
+        """WARN, at growing intervals, while the node has not joined: which bootstrap peers
+        do not even accept a connection. The overlay itself retries the join meanwhile."""
+        started = time.monotonic()
+        delay = JOIN_REPORT_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            if self.rt.state is not PeerState.JOINING:
+                return
+            errors = await asyncio.gather(*(asyncio.to_thread(tcp_error, a) for a in bootstrap))
+            failing = [f"{a} ({e})" for a, e in zip(bootstrap, errors, strict=True) if e]
+            waited = time.monotonic() - started
+            delay = min(delay * 2, JOIN_REPORT_MAX)
+            if len(failing) == len(bootstrap):
+                log.warning(
+                    "not joined after %.0f s: no bootstrap peer reachable: %s; "
+                    "retrying (next report in %.0f s)",
+                    waited,
+                    ", ".join(failing),
+                    delay,
+                )
+            else:
+                log.warning(
+                    "not joined after %.0f s: bootstrap reachable but the join has not "
+                    "completed%s; retrying (next report in %.0f s)",
+                    waited,
+                    f" (unreachable: {', '.join(failing)})" if failing else "",
+                    delay,
+                )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -330,8 +466,21 @@ class Node:
             loop.add_signal_handler(sig, self.request_leave, signal.Signals(sig).name)
         self.rt.add_listener(self._on_event)
         opts = self.options
+        plan = await asyncio.to_thread(
+            plan_start,
+            seeds=opts.bootstrap,
+            own=opts.overlay,
+            memory=self.memory,
+            overlay_name=opts.config.overlay_name,
+            new_ring=opts.new_ring,
+            reachable=tcp_reachable,
+        )
+        if plan.mode is StartMode.REFUSE:
+            log.error("refusing to found a new ring: %s", plan.why)
+            await self.rt.close()
+            return EXIT_REFUSED
         try:
-            self.overlay_address = await self.rt.start(opts.bootstrap)
+            self.overlay_address = await self.rt.start(plan.bootstrap)
         except OSError as exc:
             log.error("cannot listen on overlay address %s: %s", opts.overlay, exc)
             await self.rt.close()
@@ -358,10 +507,18 @@ class Node:
                 await self._close_early()
                 return 1
             self._sip_address = Address(host, port)
-        if opts.bootstrap:
-            log.info("joining ring %r through %s", opts.config.overlay_name, _join(opts.bootstrap))
+        if plan.mode is StartMode.JOIN:
+            log.info(
+                "joining ring %r through %s (%s)",
+                opts.config.overlay_name,
+                _join(plan.bootstrap),
+                plan.why,
+            )
+            self._join_watch = asyncio.create_task(
+                self._watch_join(plan.bootstrap), name="join-watch"
+            )
         else:
-            log.info("starting a new ring %r", opts.config.overlay_name)
+            log.warning("founding a new ring %r (%s)", opts.config.overlay_name, plan.why)
         if opts.ready_file is not None:
             self._write_ready_file(opts.ready_file)
         await self._stop.wait()
@@ -413,7 +570,7 @@ class Node:
         self._readers.shutdown(wait=True)
 
     async def _stop_counting(self) -> None:
-        for task in (self._counter, self._lag_watch):
+        for task in (self._counter, self._lag_watch, self._join_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

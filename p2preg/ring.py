@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from overlay.chord import PeerView
-from overlay.ids import id_hex, parse_id, resource_id
+from overlay.ids import cw_distance, id_hex, parse_id, resource_id
 from overlay.messages import (
     Destination,
     ErrorResponse,
@@ -27,12 +27,18 @@ from overlay.messages import (
 )
 from overlay.probe import decode_probe_extras
 from overlay.runtime import OverlayRequestError, OverlayRuntime
+from p2preg.membership import decode_lost
 
 MAX_RING_NODES = 4096  # a walk longer than this is a routing loop, not a ring
 MAX_ROUTE_HOPS = 128  # TTL is 100; anything past that is a loop
 PROBE_TIMEOUT = 3.0  # s per peer: a dead peer must not stall the whole walk for a request lifetime
 
 JsonDict = dict[str, Any]
+
+# Status of a ring entry, as `p2preg ring` shows it (nodetool's UN/DN in spirit).
+STATUS_UP = "UP"  # answered the walk's Probe
+STATUS_DOWN = "DN"  # lost lately (missed pings, link failed, left), with since and why
+STATUS_UNREACHABLE = "??"  # named by a successor list but did not answer; not known lost
 
 
 class RingQueryError(Exception):
@@ -98,7 +104,11 @@ def self_entry(view: PeerView, extras: JsonDict, num_resources: int) -> JsonDict
         "num_resources": num_resources,
         "primary_records": _count_or_none(extras.get("primary_records")),
         "replica_records": _count_or_none(extras.get("replica_records")),
+        "aors": _count_or_none(extras.get("aors")),
+        "bindings": _count_or_none(extras.get("bindings")),
+        "version": _addr_or_none(extras.get("version")),
         "uptime_s": round(view.uptime, 3),
+        "status": STATUS_UP,
     }
 
 
@@ -129,8 +139,15 @@ def probe_entry(node_id: int, answer: ProbeAns) -> tuple[JsonDict, list[int]]:
         "num_resources": numbers.get(ProbeInformationType.NUM_RESOURCES),
         "primary_records": _count_or_none(extras.get("primary_records")),
         "replica_records": _count_or_none(extras.get("replica_records")),
+        "aors": _count_or_none(extras.get("aors")),
+        "bindings": _count_or_none(extras.get("bindings")),
+        "version": _addr_or_none(extras.get("version")),
         "uptime_s": numbers.get(ProbeInformationType.UPTIME),
+        "status": STATUS_UP,
     }
+    lost = extras.get("lost")
+    if isinstance(lost, str) and lost:
+        entry["_lost"] = lost  # what this peer saw lost; merged by merge_down, then dropped
     return entry, successors
 
 
@@ -149,8 +166,54 @@ def unreachable_entry(node_id: int, error: str) -> JsonDict:
         "num_resources": None,
         "primary_records": None,
         "replica_records": None,
+        "aors": None,
+        "bindings": None,
+        "version": None,
         "uptime_s": None,
+        "status": STATUS_UNREACHABLE,
     }
+
+
+def down_entry(lost: JsonDict) -> JsonDict:
+    """A peer lost lately (see p2preg.membership), as a ring entry: listed, marked down."""
+    entry = unreachable_entry(int(lost["node_id"], 16), f"down: {lost['down_reason']}")
+    entry.update(
+        state="down",
+        status=STATUS_DOWN,
+        overlay=lost.get("overlay"),
+        down_reason=lost["down_reason"],
+        down_since=lost["down_since"],
+        down_for_s=lost["down_for_s"],
+        reported_by=lost.get("reported_by"),
+    )
+    return entry
+
+
+def merge_down(walk: JsonDict, lost: list[JsonDict]) -> list[int]:
+    """Put the peers lost lately into the walk's node list, in ring order from its start:
+    an unreachable entry of a lost peer becomes a down entry; a peer that answered the walk
+    is not down (its id is returned, so the caller can forget the loss). ``lost`` holds
+    :meth:`LostPeer.view` dicts, ours first; peers' own reports (``_lost`` in their entries)
+    are added after ours."""
+    nodes: list[JsonDict] = walk["nodes"]
+    now = time.time()
+    known = {int(e["node_id"], 16): e for e in lost}
+    for node in nodes:
+        reported = node.pop("_lost", None)
+        if reported is None:
+            continue
+        for peer in decode_lost(reported, int(node["node_id"], 16)):
+            known.setdefault(peer.node_id, peer.view(now))
+    answered = {int(n["node_id"], 16) for n in nodes if n["reachable"]}
+    seen_again = [i for i in known if i in answered]
+    merged = [n for n in nodes if n["reachable"] or int(n["node_id"], 16) not in known]
+    merged += [down_entry(e) for i, e in known.items() if i not in answered]
+    start = int(walk["start"], 16)
+    merged.sort(key=lambda n: cw_distance(start, int(n["node_id"], 16)))
+    walk["nodes"] = merged
+    walk["up"] = sum(1 for n in merged if n["status"] == STATUS_UP)
+    walk["down"] = sum(1 for n in merged if n["status"] == STATUS_DOWN)
+    return seen_again
 
 
 async def probe(rt: OverlayRuntime, node_id: int, timeout: float = PROBE_TIMEOUT) -> ProbeAns:
