@@ -11,6 +11,8 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.stamp-run
 TEST_STAMP := $(VENV)/.stamp-test
 RING_NODES ?= 5
+# RING_PORT=7000 make ring: stable addresses, peer K on RING_PORT+3K (overlay), +1 (admin), +2 (SIP)
+RING_PORT ?=
 PYTEST_ARGS ?=
 
 .PHONY: ring test lint typecheck pytest tools clean-ring help
@@ -44,7 +46,7 @@ $(TEST_STAMP): pyproject.toml | $(PY)
 	touch $@ $(RUN_STAMP)
 
 ring: $(RUN_STAMP)
-	$(PY) scripts/ring.py --nodes $(RING_NODES)
+	$(PY) scripts/ring.py --nodes $(RING_NODES) $(if $(RING_PORT),--base-port $(RING_PORT))
 
 # The Debian tools the tests need. Installed only when missing, and only where apt-get can run
 # as root; anywhere else we say what to install instead of failing obscurely later.

@@ -39,8 +39,9 @@ config file (--config FILE, TOML):
     default_expires   seconds granted when a REGISTER names none (default: 3600)
     min_expires       shortest registration accepted (default: 60)
     max_expires       longer requests are cut to this (default: 86400)
-    min_expires_mode  "423": refuse a shorter one with 423 Interval Too Brief and
-                      Min-Expires; "clamp": grant min_expires instead (default: "423")
+    min_expires_mode  "clamp": grant min_expires to a shorter one, as Kamailio does;
+                      "423": refuse it with 423 Interval Too Brief and Min-Expires
+                      (default: "clamp")
     max_contacts      bindings per AOR; one more gets 503 (default: 10)
     max_contacts_mode "503", or "evict" to drop the oldest binding (default: "503")
     retry_after       Retry-After seconds of every 503 (default: 5)
@@ -694,7 +695,7 @@ def render_ring(walk: dict[str, Any]) -> str:
             ]
         )
     header = ["Node", "St", "State", "Overlay", "Admin", "SIP", "Version", "Owns", "AORs"]
-    header += ["Bindings", "Primary", "Replica", "Uptime", ""]
+    header += ["Bindings", "Primary", "Replica", "Uptime", "Note"]
     out = [_table(header, rows), ""]
     up = sum(1 for n in nodes if n.get("status", "UP") == "UP" and n["reachable"])
     down = sum(1 for n in nodes if n.get("status") == "DN")

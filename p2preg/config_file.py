@@ -15,7 +15,7 @@ Layout (every key optional; names are the ``p2preg run`` flags without the dashe
     default_expires = 3600
     min_expires = 60
     max_expires = 86400
-    min_expires_mode = "423"        # or "clamp"
+    min_expires_mode = "clamp"      # or "423"
     max_contacts = 10
     max_contacts_mode = "503"       # or "evict"
     retry_after = 5                 # Retry-After of every 503

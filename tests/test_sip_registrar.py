@@ -150,8 +150,16 @@ def test_per_contact_expires_wins_over_header() -> None:
     assert set(stored(reg)) == {"sip:a@h1", "sip:a@h3", "sip:a@h4"}
 
 
+def test_min_expires_mode_defaults_to_clamp() -> None:
+    # Like Kamailio: a REGISTER shorter than min_expires (sipsak sends Expires: 15) is granted
+    # min_expires instead of refused.
+    assert RegistrarConfig().min_expires_mode == "clamp"
+    reply = send(LocalRegistrar(), sip_register("<sip:a@h1>;expires=15"))
+    assert reply.status == 200 and expires_of(reply) == {"sip:a@h1": 60}
+
+
 def test_interval_too_brief_423_with_min_expires() -> None:
-    reg = LocalRegistrar()
+    reg = LocalRegistrar(RegistrarConfig(min_expires_mode="423"))
     reply = send(reg, sip_register("<sip:a@h1>;expires=30"))
     assert reply.status == 423 and reply.headers.get("min-expires") == "60"
     assert reg.store == {}

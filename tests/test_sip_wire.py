@@ -198,8 +198,8 @@ async def test_contact_expires_param_beats_expires_header(
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
 async def test_interval_too_brief_423_and_clamp_mode(make_ring: RingFactory, kind: str) -> None:
-    strict = await make_ring()
-    clamp = await make_ring(registrar=RegistrarConfig(min_expires_mode="clamp"))
+    strict = await make_ring(registrar=RegistrarConfig(min_expires_mode="423"))
+    clamp = await make_ring()  # the default
     t = kind.upper()
     a = await open_client(kind, strict.nodes[0].sip)
     b = await open_client(kind, clamp.nodes[0].sip)

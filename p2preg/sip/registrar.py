@@ -58,7 +58,7 @@ class RegistrarConfig:
     default_expires: int = 3600
     min_expires: int = 60
     max_expires: int = 86400
-    min_expires_mode: str = "423"  # "423" (Kamailio min_expires_mode=1) or "clamp"
+    min_expires_mode: str = "clamp"  # "clamp" (grant min_expires, as Kamailio does) or "423"
     max_contacts: int = 10
     max_contacts_mode: str = "503"  # "503" or "evict" (drop the oldest binding)
     retry_after: int = 5
