@@ -1,0 +1,1 @@
+"""Static files served by the admin API (the ring page, ring.html)."""
