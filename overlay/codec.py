@@ -38,6 +38,8 @@ from overlay.messages import (
     EMPTY_SECURITY,
     RELO_TOKEN,
     Destination,
+    ErrorCode,
+    ErrorResponse,
     ForwardingHeader,
     Message,
     MessageExtension,
@@ -55,6 +57,7 @@ __all__ = [
     "encode_body",
     "encode_destination",
     "encode_message",
+    "oversized_answer",
 ]
 
 _HEADER: Final = struct.Struct("!IIHBBIIQIHHH")
@@ -217,3 +220,14 @@ def encode_message(msg: Message) -> bytes:
             raise
         raise CodecError(f"message header or security block: cannot encode: {exc}") from None
     return b"".join((head, via, dest, opts, code_length, body, tail))
+
+
+def oversized_answer(message: Message, size: int, limit: int) -> Message | None:
+    """What to send instead of ``message``, whose encoding (``size`` bytes) exceeds the frame
+    limit: an answer becomes an Error_Response_Too_Large on the same path, so the requester
+    hears of it; a request has no stand-in (None: drop it, its sender's retransmission timer
+    gives up). Either way the next hop is not at fault and must not be declared dead."""
+    if message.is_request or isinstance(message.body, ErrorResponse):
+        return None
+    info = f"answer of {size} bytes exceeds the {limit}-byte frame limit".encode()
+    return Message(message.header, ErrorResponse(ErrorCode.RESPONSE_TOO_LARGE, info))

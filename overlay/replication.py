@@ -187,6 +187,7 @@ class Replicator:
                 "role_scans",
                 "sync_rounds",
                 "sync_buckets_differing",
+                "sync_pages",
                 "sync_records_pushed",
                 "sync_push_steps",
                 "sync_records_pulled",
@@ -386,23 +387,35 @@ class Replicator:
             queries = [ae.parse_query(k) for k in spec.keys]
         except ValueError as exc:
             return ErrorResponse(ErrorCode.INVALID_MESSAGE, f"anti-entropy: {exc}".encode())
-        for q in queries:
+        room = ae.PAGE_BYTES
+        for q, raw in zip(queries, spec.keys, strict=True):
             if q.type == ae.DIGEST:
                 hashes = self.backend.digest(q.lo, q.hi, q.buckets, ms)
                 key = ae.digest_query(q.lo, q.hi, q.buckets)
                 values.append(StoredData(0, 0, key, b"".join(hashes)))
-            else:
-                for rec in self.backend.records_in_bucket(q.lo, q.hi, q.buckets, q.index, ms):
-                    values.append(
-                        StoredData(
-                            rec.storage_time,
-                            rec.lifetime,
-                            ae.record_key(rec.resource, rec.kind, rec.key),
-                            rec.value,
-                            rec.exists,
-                            rec.signature,
-                        )
+                continue
+            if room <= 0:
+                values.append(ae.continuation(raw))  # not started: ask again as it was
+                continue
+            page = self.backend.bucket_page(q.lo, q.hi, q.buckets, q.index, ms, q.after)
+            last = q.after or b""
+            for rec in page:
+                identity = ae.record_key(rec.resource, rec.kind, rec.key)
+                if room <= 0:
+                    values.append(ae.continuation(q.resumed(last)))
+                    break
+                values.append(
+                    StoredData(
+                        rec.storage_time,
+                        rec.lifetime,
+                        identity,
+                        rec.value,
+                        rec.exists,
+                        rec.signature,
                     )
+                )
+                room -= len(identity) + len(rec.value) + ae.ENTRY_OVERHEAD
+                last = identity
         return FetchAns((FetchKindResponse(ANTI_ENTROPY_KIND, 0, tuple(values)),))
 
     # ------------------------------------------------------------------ stores
@@ -761,18 +774,31 @@ class Replicator:
         def answered(message: Message | None, now: float) -> None:
             sync.outstanding -= 1
             if message is not None and isinstance(message.body, FetchAns):
-                self._apply_pulled(message.body, now)
+                more = self._apply_pulled(message.body, now)
+                if more and self._syncs.get(sync.to) is sync and self._range == (sync.lo, sync.hi):
+                    # The answer stopped at its size limit: ask for the rest of those buckets.
+                    spec = StoredDataSpecifier(ANTI_ENTROPY_KIND, 0, tuple(more))
+                    sync.outstanding += 1
+                    self.counters["sync_pages"] += 1
+                    self._send(
+                        (NodeDestination(sync.to),), FetchReq(sync.hi, (spec,)), now, answered
+                    )
             if sync.outstanding == 0:
                 self._end_sync(sync, now)
 
         return answered
 
-    def _apply_pulled(self, body: FetchAns, now: float) -> None:
+    def _apply_pulled(self, body: FetchAns, now: float) -> list[bytes]:
+        """Apply the records of a bucket answer (newer wins); returns its continuations."""
         by_resource: dict[int, dict[int, list[StoredData]]] = {}
+        more: list[bytes] = []
         for kr in body.kind_responses:
             if kr.kind != ANTI_ENTROPY_KIND:
                 continue
             for sd in kr.values:
+                if ae.is_continuation(sd):
+                    more.append(sd.key)
+                    continue
                 try:
                     resource, kind, key = ae.parse_record_key(sd.key)
                 except ValueError:
@@ -790,6 +816,7 @@ class Replicator:
                 self._apply_copy(req, now)
             except Exception:  # one bad record must not stop the repair
                 continue
+        return more
 
     def _end_sync(self, sync: _Sync, now: float, *, again: bool = False) -> None:
         if self._syncs.get(sync.to) is not sync:

@@ -128,6 +128,16 @@ class RecordBackend(Protocol):
         self, lo_exclusive: int, hi_inclusive: int, buckets: int, index: int, now_ms: int
     ) -> Sequence[StoredRecord]: ...
 
+    def bucket_page(
+        self,
+        lo_exclusive: int,
+        hi_inclusive: int,
+        buckets: int,
+        index: int,
+        now_ms: int,
+        after: bytes | None = None,
+    ) -> Iterator[StoredRecord]: ...
+
     def sweep(self, now_ms: int, limit: int = 1000) -> int: ...
 
     def flush(self) -> None: ...

@@ -43,7 +43,14 @@ from overlay.actions import (
     StateChanged,
 )
 from overlay.chord import ChordPeer, PeerView
-from overlay.codec import HEADER_SIZE, CodecError, decode_header, decode_message, encode_message
+from overlay.codec import (
+    HEADER_SIZE,
+    CodecError,
+    decode_header,
+    decode_message,
+    encode_message,
+    oversized_answer,
+)
 from overlay.config import ChordConfig
 from overlay.messages import (
     Destination,
@@ -172,6 +179,7 @@ class OverlayRuntime:
             "decode_errors": 0,
             "wrong_overlay": 0,
             "encode_errors": 0,
+            "oversized": 0,
             "link_failures": 0,
             "dropped": 0,
             "app_requests": 0,
@@ -514,18 +522,30 @@ class OverlayRuntime:
             self._rearm()
 
     def _send(self, action: Send) -> None:
+        message = action.message
         try:
-            data = encode_message(action.message)
+            data = encode_message(message)
+            limit = self._links.config.max_payload
+            if len(data) > limit:
+                # Our fault, not the next hop's: it must not be declared dead for it.
+                self._counters["oversized"] += 1
+                log.warning(
+                    "%s of %d bytes exceeds the %d-byte frame limit",
+                    _code_name(message.code),
+                    len(data),
+                    limit,
+                )
+                stand_in = oversized_answer(message, len(data), limit)
+                if stand_in is None:
+                    return
+                message = stand_in
+                data = encode_message(message)
             self._links.send(action.next_hop, action.address, data)
         except (CodecError, ValueError) as err:
-            # Our own message cannot go out: to the peer that is a dead hop.
             self._counters["encode_errors"] += 1
-            log.warning("cannot send %s: %s", _code_name(action.message.code), err)
-            asyncio.get_running_loop().call_soon(
-                self._on_link_failed, action.next_hop, action.address
-            )
+            log.warning("cannot send %s: %s", _code_name(message.code), err)
             return
-        self._count("sent", action.message.code)
+        self._count("sent", message.code)
 
     def _event(self, event: Event) -> None:
         if isinstance(event, AppRequest):

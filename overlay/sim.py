@@ -41,6 +41,7 @@ from overlay.actions import (
 )
 from overlay.chord import ChordPeer
 from overlay.config import ChordConfig
+from overlay.framing import DEFAULT_MAX_PAYLOAD
 from overlay.ids import MASK
 from overlay.messages import (
     Destination,
@@ -221,6 +222,7 @@ class Simulation:
         self.dropped: dict[str, int] = {}
         self.on_dropped: Callable[[int, Dropped], None] | None = None
         self.partitioned = False
+        self.oversized = 0  # messages too large for a frame (counted with use_codec)
         # Events (time, sequence, kind, node, payload), untyped so the event loop needs no
         # casts, run in (time, sequence) order from two heaps: peer timers (about one per peer)
         # and everything else (messages in flight, a few milliseconds ahead). Most events are
@@ -660,7 +662,17 @@ class Simulation:
             return
         if self._codec is not None:
             encode, decode = self._codec
-            message = decode(encode(message))
+            data = encode(message)
+            if len(data) > DEFAULT_MAX_PAYLOAD:
+                # What the runtime does with a message too large for a frame.
+                self.oversized += 1
+                from overlay.codec import oversized_answer  # the codec is loaded late
+
+                stand_in = oversized_answer(message, len(data), DEFAULT_MAX_PAYLOAD)
+                if stand_in is None:
+                    return
+                data = encode(stand_in)
+            message = decode(data)
         now = self.now
         delay = self.latency
         if self.jitter_latency:

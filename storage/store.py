@@ -591,15 +591,35 @@ class RecordStore:
         self, lo_exclusive: int, hi_inclusive: int, buckets: int, index: int, now_ms: int
     ) -> list[Record]:
         """The unexpired records (tombstones included) of one ``digest`` bucket."""
+        return list(self.bucket_page(lo_exclusive, hi_inclusive, buckets, index, now_ms))
+
+    def bucket_page(
+        self,
+        lo_exclusive: int,
+        hi_inclusive: int,
+        buckets: int,
+        index: int,
+        now_ms: int,
+        after: bytes | None = None,
+    ) -> Iterator[Record]:
+        """The unexpired records (tombstones included) of one ``digest`` bucket in ring order,
+        read lazily; with ``after`` (the store key of a record, a page cursor) only those that
+        come after it. A cursor outside the bucket yields nothing."""
         bounds = bucket_bounds(lo_exclusive, hi_inclusive, buckets)
         if not 0 <= index < buckets:
             raise ValueError(f"bucket index must be 0..{buckets - 1}, got {index}")
         start = 0 if index == 0 else bounds[index - 1]
         if bounds[index] == start:
-            return []  # an empty slice of a tiny range; (a, a] would mean the whole ring
+            return  # an empty slice of a tiny range; (a, a] would mean the whole ring
         a = (lo_exclusive + start) & MASK
         b = (lo_exclusive + bounds[index]) & MASK
-        return list(self.scan_range(a, b, now_ms))
+        segments = key_segments(a, b)
+        if after is not None:
+            segments = _resume_after(segments, after)
+        for key, raw in self._iter_raw(segments):
+            rec = record_from(key, raw)
+            if rec.expiry_ms > now_ms:
+                yield rec
 
     # --- maintenance writes ---------------------------------------------------------------
 
@@ -721,3 +741,14 @@ def _add_live(values: list[StoredData], key: bytes, raw: bytes, now_ms: int) -> 
         values.append(
             StoredData(f[ST], f[LIFETIME], bytes(key), f[VALUE], True, decode_signature(f[SIG]))
         )
+
+
+def _resume_after(
+    segments: list[tuple[bytes, bytes | None]], after: bytes
+) -> list[tuple[bytes, bytes | None]]:
+    """The part of ``segments`` (key ranges in ring order) that comes after the key ``after``."""
+    for i, (start, end) in enumerate(segments):
+        if start <= after and (end is None or after < end):
+            # after + NUL is the smallest key greater than after
+            return [(after + b"\x00", end), *segments[i + 1 :]]
+    return []

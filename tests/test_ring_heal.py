@@ -10,7 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from replication_support import KIND, all_fetchable, fill, make_sim, run_until_repaired
+from replication_support import (
+    FAST,
+    KIND,
+    all_fetchable,
+    factory,
+    fill,
+    id_between,
+    make_sim,
+    replicator,
+    run_until_repaired,
+)
 from replication_support import build as build_with_storage
 from test_sim import build
 
@@ -110,3 +120,37 @@ def test_no_split_brain_after_the_dropped_peer_is_readmitted(tmp_path: Path) -> 
         answer = sim.fetch(victim, resource, KIND, (key,))
         assert answer.values().get(key) == b"after-split", answer.answer
     assert all_fetchable(sim, want) == []
+
+
+def test_an_anti_entropy_bucket_larger_than_a_frame_comes_in_pages(tmp_path: Path) -> None:
+    """Nemesis bug 3: a bucket of 2,500 one-KiB records (2.6 MB) was answered in one FetchAns
+    that exceeded the 1 MiB frame limit, and the sender then declared the next hop dead. Now
+    the answer stops at its page size and the puller asks for the rest."""
+    sim = Simulation(
+        41,
+        backend_factory=factory(tmp_path),
+        replication=FAST,
+        use_codec=True,
+    )
+    build_with_storage(sim, 3)
+    pred, owner = sim.ring[0], sim.ring[1]
+    span = ((owner - pred) & MASK) // FAST.anti_entropy_buckets  # the first bucket
+    ops = []
+    want: dict[tuple[int, bytes], bytes] = {}
+    for i in range(2500):
+        resource = id_between(pred, (pred + span) & MASK, sim.rng)
+        key, value = b"k%d" % i, bytes([i % 251]) * 1024
+        want[(resource, key)] = value
+        ops.append(sim.put(owner, resource, KIND, key, value))
+        if i % 100 == 99:
+            sim.run_for(0.01)
+    assert sim.wait(ops, 120.0) and all(op.ok for op in ops)
+    run_until_repaired(sim, want)
+    # The owner loses its copy of its own range: the next anti-entropy round pulls it back
+    # from a replica, the whole bucket at once before the fix.
+    primary = sim.nodes[owner].backend
+    assert primary is not None and primary.delete_range(pred, owner) == 2500
+    run_until_repaired(sim, want, timeout=4 * FAST.anti_entropy_interval)
+    assert sim.oversized == 0, "a message exceeded the frame limit"
+    assert replicator(sim, owner).counters["sync_pages"] >= 2
+    assert sim.ring_is_consistent(full=True) and len(sim.ring) == 3

@@ -1,8 +1,9 @@
-"""A burst of idle inbound TCP connections must not cut a node out of the ring (nemesis bug 2).
+"""Faults that used to cut a live node out of the ring, on real runtimes and sockets.
 
-Before the fix, the full connection table evicted the node's idle links to its real
-neighbours to make room for connections that never said a word; the neighbours saw the reset
-as the node's failure and dropped it.
+- Nemesis bug 2: a full connection table evicted the node's idle links to its real
+  neighbours to make room for connections that never said a word; the neighbours saw the
+  reset as the node's failure and dropped it.
+- Nemesis bug 3: an answer too large for a frame made its sender declare the next hop dead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ from fast_timers import fast_chord
 from test_runtime import Ring, wait_for
 
 from overlay.actions import PeerLost, PeerState
+from overlay.messages import (
+    ErrorCode,
+    ErrorResponse,
+    FetchAns,
+    FetchKindResponse,
+    FetchReq,
+    Message,
+    MessageBody,
+    ResourceDestination,
+    StoredData,
+)
 from overlay.runtime import OverlayRuntime
 from overlay.transport import LinkConfig
 
@@ -26,12 +38,18 @@ LINKS = LinkConfig(
 
 class FloodRing(Ring):
     def make(self, node_id: int, *, handler: bool = True) -> OverlayRuntime:
+        async def huge(request: Message) -> MessageBody:
+            # An answer of 2 MiB: twice the frame limit.
+            value = StoredData(1, 60, b"k", b"x" * (2 << 20))
+            return FetchAns((FetchKindResponse(1, 0, (value,)),))
+
         runtime = OverlayRuntime(
             node_id=node_id,
             config=fast_chord("flood-test"),
             host="127.0.0.1",
             port=0,
             rng=random.Random(node_id),
+            app_handler=huge,
             link_config=LINKS,
         )
         runtime.add_listener(lambda event: self.events.append((node_id, event)))
@@ -47,14 +65,32 @@ async def ring() -> AsyncIterator[FloodRing]:
         await runtime.close()
 
 
-async def test_idle_connection_burst_does_not_evict_neighbour_links(ring: FloodRing) -> None:
+async def build(ring: FloodRing, n: int) -> None:
     rng = random.Random(4)
     first = ring.make(rng.getrandbits(128))
     seed = await first.start()
     await first.wait_state(PeerState.JOINED, 5.0)
-    for _ in range(4):
+    for _ in range(n - 1):
         await ring.make(rng.getrandbits(128)).start([seed])
-    await wait_for(ring.consistent, 30.0, "5-peer ring")
+    await wait_for(ring.consistent, 30.0, f"{n}-peer ring")
+
+
+async def test_an_answer_too_large_for_a_frame_does_not_kill_the_hop(ring: FloodRing) -> None:
+    await build(ring, 3)
+    asker = ring.runtimes[0]
+    # A resource another peer is responsible for, so the answer crosses a link.
+    owner = ring.runtimes[1].node_id
+    answer = await asker.request([ResourceDestination(owner)], FetchReq(owner), timeout=5.0)
+    assert isinstance(answer.body, ErrorResponse), answer.body
+    assert answer.body.error_code == ErrorCode.RESPONSE_TOO_LARGE
+    assert ring.runtimes[1].counters["oversized"] == 1
+    lost = [(node, e) for node, e in ring.events if isinstance(e, PeerLost)]
+    assert lost == []
+    assert ring.consistent()
+
+
+async def test_idle_connection_burst_does_not_evict_neighbour_links(ring: FloodRing) -> None:
+    await build(ring, 5)
     target = ring.runtimes[2]
     address = target.address
     flood = 3 * LINKS.max_links
