@@ -182,7 +182,7 @@ async def browser_page(url: str, log: Path) -> AsyncIterator[DevTools]:
                 "--disable-extensions",
                 "--no-proxy-server",
                 "--hide-scrollbars",
-                "--window-size=1400,900",
+                "--window-size=1600,900",
                 f"--user-data-dir={user_data}",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
@@ -310,6 +310,14 @@ async def test_ring_page_shows_peers_and_marks_a_killed_one_down(
             60,
             f"the killed peer {victim.node_id[:8]} marked down and {peers - 1} up",
         )
+        # Marked down by the node's own account (/v1/ring lists lost peers), not only by the
+        # page remembering a peer that vanished from the walk.
+        await page.wait_for(
+            f"(window.p2pregRing.peers.find((p) => p.node_id === '{victim.node_id}') || {{}})"
+            ".source === 'ring'",
+            30,
+            f"/v1/ring itself to report {victim.node_id[:8]} down",
+        )
         note = await page.evaluate(
             f"document.querySelector('#rows tr[data-node-id=\"{victim.node_id}\"]')"
             ".lastElementChild.textContent"
@@ -349,6 +357,20 @@ def _fixture_ring(variant: str) -> dict[str, Any]:
     if variant == "state":
         nodes = [*live[:2], {**down, "state": "down"}, live[2]]
         return {"start": a, "complete": True, "nodes": nodes}
+    if variant == "membership":  # as p2preg.ring.merge_down lists a lost peer
+        lost = {
+            "node_id": c,
+            "reachable": False,
+            "error": "down: missed pings",
+            "state": "down",
+            "status": "DN",
+            "down_reason": "missed pings",
+            "down_since": round(time.time() - 30, 3),
+            "down_for_s": 30.0,
+            "reported_by": a,
+            "successors": [],
+        }
+        return {"start": a, "complete": True, "nodes": [*live[:2], lost, live[2]], "down": 1}
     if variant == "flag":
         nodes = [*live[:2], {**down, "down": True, "reachable": False}, live[2]]
         return {"start": a, "complete": True, "nodes": nodes}
@@ -387,7 +409,7 @@ async def _run_with_server(
         await check(page, origin)
 
 
-@pytest.mark.parametrize("variant", ["state", "flag", "list"])
+@pytest.mark.parametrize("variant", ["membership", "state", "flag", "list"])
 async def test_ring_page_renders_down_peers_in_every_shape(variant: str, tmp_path: Path) -> None:
     _need_chromium()
     down_id = PEER_IDS[2]
