@@ -9,8 +9,9 @@ GET  /v1/aor/{aor}    an AOR's bindings (through the overlay), responsible peer 
 GET  /v1/kv/{name}    fetch the DEBUG-KV value of a name through the overlay
 PUT  /v1/kv/{name}    store one (body = value, ?lifetime=SECONDS) through the overlay
 POST /v1/leave        leave the ring gracefully; the process then exits 0
-GET  /metrics         Prometheus text: the overlay's counters and neighbour counts, records held,
-                      and the SIP front end's counters and latency histograms
+GET  /v1/health       readiness: 200 when joined and holding its replicas, else 503
+GET  /metrics         Prometheus text (prometheus_client): build info, process metrics, the
+                      overlay, records held, replication, and the SIP front end
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from prometheus_client import generate_latest
 
 from overlay.actions import Address, PeerState
 from overlay.chord import PeerView
-from overlay.ids import RING, cw_distance, id_hex, parse_id, resource_id
+from overlay.ids import id_hex, parse_id, resource_id
 from overlay.messages import ErrorCode
 from p2preg import __version__
 from p2preg.kinds import kind_info, kind_name
@@ -57,6 +59,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2preg.admin")
 
 NODE_KEY: web.AppKey[Node] = web.AppKey("node")
+# Every name we expose is a classic one (no UTF-8 escaping needed), so the text is the 0.0.4
+# format that every Prometheus version scrapes; newer prometheus_client would announce 1.0.0.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -438,59 +443,19 @@ async def post_leave(request: web.Request) -> web.Response:
     return web.json_response({"node_id": id_hex(node.node_id), "leaving": True}, status=202)
 
 
-def ring_size_estimate(view: PeerView) -> int:
-    """Peers on the ring as this peer sees it. When our successor and predecessor lists overlap
-    the ring is small enough that they hold every peer; otherwise extrapolate from how much of
-    the ring the successor list spans (the usual Chord estimate)."""
-    succ, pred = view.successors, view.predecessors
-    if not succ or set(succ) & set(pred):
-        return len(set(succ) | set(pred) | {view.node_id})
-    span = cw_distance(view.node_id, succ[-1]) or RING
-    return max(len(succ) + len(pred) + 1, round(len(succ) * RING / span))
-
-
 async def get_metrics(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    view = node.rt.view()
-    lines = [
-        "# TYPE p2preg_overlay_joined gauge",
-        f"p2preg_overlay_joined {int(view.state is PeerState.JOINED)}",
-        "# TYPE p2preg_overlay_successors gauge",
-        f"p2preg_overlay_successors {len(view.successors)}",
-        "# TYPE p2preg_overlay_predecessors gauge",
-        f"p2preg_overlay_predecessors {len(view.predecessors)}",
-        "# TYPE p2preg_overlay_fingers gauge",
-        f"p2preg_overlay_fingers {len(view.fingers)}",
-        "# TYPE p2preg_overlay_responsible_ppb gauge",
-        f"p2preg_overlay_responsible_ppb {view.responsible_ppb}",
-        "# TYPE p2preg_overlay_events_total counter",
-    ]
-    for name, value in sorted(node.rt.counters.items()):
-        label = name.replace("\\", "\\\\").replace('"', '\\"')
-        lines.append(f'p2preg_overlay_events_total{{event="{label}"}} {value}')
-    counts = node.counts
-    lines += [
-        "# TYPE p2preg_store_records gauge",
-        f'p2preg_store_records{{role="primary"}} {counts.primary}',
-        f'p2preg_store_records{{role="replica"}} {counts.replica}',
-        "# TYPE p2preg_sip_bindings gauge",
-        f'p2preg_sip_bindings{{role="primary"}} {counts.bindings_primary}',
-        f'p2preg_sip_bindings{{role="replica"}} {counts.bindings_replica}',
-        "# TYPE p2preg_sip_aors gauge",
-        f'p2preg_sip_aors{{role="primary"}} {counts.aors_primary}',
-        f'p2preg_sip_aors{{role="replica"}} {counts.aors_replica}',
-        "# TYPE p2preg_overlay_ring_size_estimate gauge",
-        f"p2preg_overlay_ring_size_estimate {ring_size_estimate(view)}",
-        "# TYPE p2preg_store_map_bytes gauge",
-        f"p2preg_store_map_bytes {node.store.map_size}",
-        "# TYPE p2preg_kv_operations_total counter",
-    ]
-    for name, value in sorted(node.kv.counters.items()):
-        lines.append(f'p2preg_kv_operations_total{{op="{name}"}} {value}')
-    lines += node.loop_lag.lines()
-    if node.sip is not None:
-        lines += node.sip.prometheus_lines()
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    body = generate_latest(node.metrics)
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def get_health(request: web.Request) -> web.Response:
+    """Readiness: 200 when joined with enough successors to hold the replicas, else 503."""
+    node = request.app[NODE_KEY]
+    health = node.health()
+    return web.json_response(
+        {"node_id": id_hex(node.node_id), **health.view()}, status=200 if health.ready else 503
+    )
 
 
 @web.middleware
@@ -521,6 +486,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_put("/v1/kv/{name:.+}", put_kv)
     app.router.add_post("/v1/leave", post_leave)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/v1/health", get_health)
     from p2preg.ring_page import add_ring_page  # GET /: the live ring page (ring_page.py)
 
     add_ring_page(app)

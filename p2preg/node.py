@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from overlay.actions import (
     PeerState,
     StateChanged,
 )
+from overlay.chord import PeerView
 from overlay.config import ChordConfig
 from overlay.ids import ID_BYTES, id_hex, parse_id
 from overlay.replication_backend import ReplicationConfig
@@ -49,6 +50,7 @@ from p2preg.membership import (
     tcp_error,
     tcp_reachable,
 )
+from p2preg.metrics import Health, assess, make_registry
 from p2preg.sip.metrics import Histogram
 from p2preg.sip.registrar import RegistrarConfig
 from p2preg.sip.service import SipService
@@ -286,6 +288,9 @@ class Node:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self.lost = RecentlyLost(options.down_window)
+        self.lost_total: dict[str, int] = {}
+        self.event_loop = "asyncio"  # what run_node chose, for p2preg_build_info
+        self.metrics = make_registry(self, *([self.sip] if self.sip is not None else []))
         self.memory = RingMemory.load(options.data_dir)
         self._neighbours: set[int] = set()
         self._join_watch: asyncio.Task[None] | None = None
@@ -362,7 +367,8 @@ class Node:
 
     def _peer_lost(self, event: PeerLost) -> None:
         # The runtime has logged the loss at WARN already (with the address and why).
-        self.lost.lost(event.node_id, event.reason, event.address)
+        entry = self.lost.lost(event.node_id, event.reason, event.address)
+        self.lost_total[entry.reason.value] = self.lost_total.get(entry.reason.value, 0) + 1
         self._neighbours.discard(event.node_id)
         if event.reason is LossReason.LEFT:
             log.warning("peer %s left the ring", short_id(event.node_id))
@@ -420,6 +426,47 @@ class Node:
             self.memory.save(self.options.data_dir)
         except OSError as exc:
             log.warning("cannot save the ring memory in %s: %s", self.options.data_dir, exc)
+
+    # --- what the metrics collector and the health check read (p2preg.metrics) -------------
+
+    def overlay_view(self) -> PeerView:
+        return self.rt.view()
+
+    def overlay_counters(self) -> Mapping[str, int]:
+        return self.rt.counters
+
+    def kv_counters(self) -> Mapping[str, int]:
+        return self.kv.counters
+
+    def record_figures(self) -> Mapping[str, Mapping[str, int]]:
+        c = self.counts
+        return {
+            "records": {"primary": c.primary, "replica": c.replica},
+            "bindings": {"primary": c.bindings_primary, "replica": c.bindings_replica},
+            "aors": {"primary": c.aors_primary, "replica": c.aors_replica},
+        }
+
+    def store_map_bytes(self) -> int:
+        return self.store.map_size
+
+    def health(self) -> Health:
+        replicator = self.rt.replicator
+        return assess(
+            self.rt.view(),
+            self.replicas,
+            self.counts.primary,
+            replicator is not None and replicator.busy,
+            self.counts.counted_at > 0,
+        )
+
+    def peers_down(self) -> int:
+        return len(self.lost)
+
+    def peers_lost_total(self) -> Mapping[str, int]:
+        return self.lost_total
+
+    def event_loop_name(self) -> str:
+        return self.event_loop
 
     def down_peers(self) -> list[dict[str, object]]:
         """Peers lost in the last ``--down-window`` seconds, for the ring walk."""
@@ -650,7 +697,9 @@ def run_node(
             asyncio.set_event_loop_policy(policy)
         log.info("event loop: %s", loop_name)
         tune_gc()
-        return asyncio.run(Node(options, node_id, store).run())
+        node = Node(options, node_id, store)
+        node.event_loop = loop_name
+        return asyncio.run(node.run())
     finally:
         asyncio.set_event_loop_policy(None)
         store.close()  # after an early error exit too; closing twice is harmless

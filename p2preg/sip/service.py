@@ -21,8 +21,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from p2preg.sip.bindings_store import (
     AorState,
@@ -32,7 +35,7 @@ from p2preg.sip.bindings_store import (
     StoreRefused,
 )
 from p2preg.sip.core import Drop, NeedLookup, NeedRegister, Respond, SipCore
-from p2preg.sip.metrics import Histogram, counter_lines, gauge_lines
+from p2preg.sip.metrics import Histogram, counter, gauge
 from p2preg.sip.parser import FramingError
 from p2preg.sip.registrar import RegisterDecision, RegistrarConfig
 from p2preg.sip.responses import Reply, Source
@@ -246,80 +249,87 @@ class SipService:
             "tcp_connections": len(self.transports.connections),
         }
 
-    def prometheus_lines(self) -> list[str]:
-        """Prometheus text lines for GET /metrics (no AOR ever appears as a label)."""
+    def collect(self) -> Iterator[Metric]:
+        """The front end's metric families for GET /metrics (no AOR ever appears as a label).
+        A ``prometheus_client`` collector: register the service in a CollectorRegistry."""
         stats = self.bindings.stats
         t = self.transports.counters
-        out: list[str] = []
-        out += counter_lines(
+        yield counter(
             "p2preg_sip_requests_total",
-            "SIP requests received, by method",
-            {(("method", m),): n for m, n in self.requests.items()},
+            "SIP requests received, by method (methods outside RFC 3261 and its extensions "
+            "count as other)",
+            {(m,): n for m, n in self.requests.items()},
+            ["method"],
         )
-        out += counter_lines(
+        yield counter(
             "p2preg_sip_responses_total",
             "SIP responses sent, by request method and status code",
-            {(("method", m), ("code", str(c))): n for (m, c), n in self.responses.items()},
+            {(m, str(c)): n for (m, c), n in self.responses.items()},
+            ["method", "code"],
         )
-        out += self.register_latency.lines()
-        out += self.lookup_latency.lines()
-        out += stats.fetch_latency.lines()
-        out += stats.store_latency.lines()
-        out += counter_lines(
+        yield self.register_latency.family()
+        yield self.lookup_latency.family()
+        yield stats.fetch_latency.family()
+        yield stats.store_latency.family()
+        yield counter(
             "p2preg_sip_overload_rejections_total",
             "Requests answered 503 because max_in_flight overlay-backed requests were running",
             self.overload_rejections,
         )
-        out += counter_lines(
+        yield counter(
             "p2preg_sip_retransmissions_total",
             "Retransmitted requests answered from the transaction cache",
             self.retransmissions,
         )
-        out += counter_lines(
+        yield counter(
             "p2preg_sip_dropped_total",
             "Messages dropped without a response (unparseable, responses, ACKs, keepalives)",
             self.dropped,
         )
-        out += counter_lines(
+        yield counter(
             "p2preg_sip_generation_conflicts_total",
             "Conditional stores refused with Generation_Counter_Too_Low (then retried)",
             stats.conflicts,
         )
-        out += counter_lines(
+        yield counter(
             "p2preg_sip_overlay_retries_total",
             "Overlay requests retried after a timeout or a transient error",
             stats.retries,
         )
-        out += counter_lines(
+        yield counter(
             "p2preg_sip_overlay_failures_total",
             "Overlay operations given up (answered 503)",
             stats.failures,
         )
-        out += counter_lines(
-            "p2preg_sip_tcp_connections_total",
-            "TCP connections accepted",
-            t["tcp_accepted"],
+        yield counter(
+            "p2preg_sip_tcp_connections_total", "TCP connections accepted", t["tcp_accepted"]
         )
-        out += counter_lines(
+        yield counter(
             "p2preg_sip_tcp_closed_total",
             "TCP connections closed by us, by reason",
             {
-                (("reason", "limit"),): t["tcp_rejected"],
-                (("reason", "framing"),): t["tcp_framing_errors"],
-                (("reason", "half_open"),): t["tcp_closed_half_open"],
-                (("reason", "idle"),): t["tcp_closed_idle"],
-                (("reason", "slow_reader"),): t["tcp_slow_readers"],
+                ("limit",): t["tcp_rejected"],
+                ("framing",): t["tcp_framing_errors"],
+                ("half_open",): t["tcp_closed_half_open"],
+                ("idle",): t["tcp_closed_idle"],
+                ("slow_reader",): t["tcp_slow_readers"],
             },
+            ["reason"],
         )
-        out += gauge_lines(
+        yield gauge(
             "p2preg_sip_in_flight", "Overlay-backed SIP requests in progress", self.in_flight
         )
-        out += gauge_lines(
+        yield gauge(
             "p2preg_sip_tcp_connections",
             "Open SIP TCP connections",
             len(self.transports.connections),
         )
-        return out
+
+    def prometheus_lines(self) -> list[str]:
+        """The Prometheus text of this service's families alone (tests, debugging)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry).decode().splitlines()
 
 
 _METHOD_LABELS = frozenset(
