@@ -197,6 +197,7 @@ class Replicator:
                 "garbage_deleted",
                 "forwarded",
                 "swept",
+                "sweep_errors",
             ),
             0,
         )
@@ -872,12 +873,18 @@ class Replicator:
 
     def _sweep_round(self, now: float) -> None:
         cfg = self.config
-        removed = self.backend.sweep(self.ms(now), cfg.sweep_limit)
+        removed = 0
+        try:
+            removed = self.backend.sweep(self.ms(now), cfg.sweep_limit)
+        except Exception:  # a full map, a fault of the store: try again next round
+            self.counters["sweep_errors"] += 1
+        finally:
+            # Re-armed whatever happened: a sweeper that stops leaves a full store full.
+            busy = removed >= cfg.sweep_limit
+            self._at(now + (0.05 if busy else cfg.sweep_interval), self._sweep_round)
         if removed:
             self._dirty = True
             self.counters["swept"] += removed
-        busy = removed >= cfg.sweep_limit
-        self._at(now + (0.05 if busy else cfg.sweep_interval), self._sweep_round)
 
 
 def _ignore(message: Message | None, now: float) -> None:

@@ -74,6 +74,11 @@ T = TypeVar("T")
 MIB: Final = 1 << 20
 DEFAULT_INITIAL_MAP: Final = 64 * MIB
 DEFAULT_MAX_MAP: Final = 16 * 1024 * MIB
+# Room kept back for removals (sweeps, tombstones, range deletes): LMDB copies every page a
+# write touches, so even a delete needs free pages, and a map filled to the last page by new
+# data could never shrink again. New data may fill the map up to max_map_size - reserve.
+MAX_RESERVE: Final = 64 * MIB
+MIN_RESERVE: Final = 256 * 1024
 SCAN_CHUNK: Final = 512  # records read per read transaction by the scanning iterators
 
 # Per-store results inside a batch: (kind, generation) pairs and the number of entries written.
@@ -143,6 +148,8 @@ class RecordStore:
         self.directory = Path(directory)
         self.durability = Durability(durability)
         self.max_map_size = max_map_size
+        reserve = min(MAX_RESERVE, max(max_map_size // 8, min(MIN_RESERVE, max_map_size // 4)))
+        self.data_limit = max_map_size - reserve  # live bytes past which new data is refused
         self._kinds = dict(kinds)
         self.directory.mkdir(parents=True, exist_ok=True)
         durable = self.durability is Durability.SYNC
@@ -183,6 +190,20 @@ class RecordStore:
     @property
     def map_size(self) -> int:
         return int(self._env.info()["map_size"])
+
+    def live_bytes(self) -> int:
+        """Bytes in pages that hold data now (freed pages, which LMDB reuses, not counted)."""
+        with self._read() as txn:
+            return self._live_bytes(txn)
+
+    def _live_bytes(self, txn: lmdb.Transaction[bytes]) -> int:
+        pages = 0
+        psize = 4096
+        for db in (None, self._records, self._gens, self._expiry):
+            st = txn.stat(db) if db is not None else txn.stat()
+            psize = st["psize"]
+            pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return int(pages * psize)
 
     @property
     def kinds(self) -> Mapping[int, KindLimits]:
@@ -271,6 +292,15 @@ class RecordStore:
         self, txn: lmdb.Transaction[bytes], req: StoreReq, now_ms: int, role: Role
     ) -> _Applied:
         self._check_kinds(kd.kind for kd in req.kind_data)
+        adds = any(sd.exists for kd in req.kind_data for sd in kd.values)
+        if adds and self._live_bytes(txn) >= self.data_limit:
+            # Removals still go through: they are what frees the space again.
+            raise StoreError(
+                ErrorCode.DATA_TOO_LARGE,
+                f"record store is full ({self.data_limit} bytes of data, the rest of the "
+                f"{self.max_map_size}-byte map kept for removals); only removals are accepted "
+                "until expired records are swept or the maximum is raised",
+            )
         rid = id_to_bytes(req.resource)
         original = req.replica_number == 0
         current: dict[int, int] = {}
@@ -705,8 +735,30 @@ class RecordStore:
     def sweep(self, now_ms: int, limit: int = 1000) -> int:
         """Remove up to ``limit`` expired records (expiry_ms <= now_ms) and their index entries
         in one transaction; a (resource, kind) left empty loses its generation counter too.
-        Returns how many were removed; call again while it returns ``limit``."""
+        Returns how many were removed; call again while it returns ``limit``.
 
+        On a full map a transaction removing ``limit`` records may not fit in what is free:
+        it is split into smaller ones (halved until one fits, down to a single record), each
+        committed on its own so that the pages it frees make room for the next."""
+        removed = 0
+        batch = limit
+        while removed < limit:
+            step = min(batch, limit - removed)
+            try:
+                n = self._sweep(now_ms, step)
+            except StorageFull:
+                if batch <= 1:
+                    if removed:
+                        return removed
+                    raise
+                batch //= 2
+                continue
+            removed += n
+            if n < step:
+                break  # nothing more is due
+        return removed
+
+    def _sweep(self, now_ms: int, limit: int) -> int:
         def work(txn: lmdb.Transaction[bytes]) -> int:
             due: list[bytes] = []
             cur = txn.cursor(self._expiry)
