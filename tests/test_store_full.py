@@ -26,16 +26,12 @@ VALUE = b"x" * 900  # about a REGISTER's binding
 
 def fill_until_refused(store: RecordStore, lifetime: int) -> int:
     """Store one-binding resources until the store refuses; returns how many went in."""
-    stored = 0
     for rid in range(1, 100_000):
         try:
-            store.apply_store(
-                req(rid, sd(b"contact", VALUE, lifetime=lifetime)), T0, Role.PRIMARY
-            )
+            store.apply_store(req(rid, sd(b"contact", VALUE, lifetime=lifetime)), T0, Role.PRIMARY)
         except (StoreError, StorageFull) as exc:
             assert isinstance(exc, StorageFull) or exc.code is ErrorCode.DATA_TOO_LARGE
-            return stored
-        stored += 1
+            return rid - 1
     raise AssertionError("the store never filled up")
 
 
