@@ -88,3 +88,12 @@ test: lint typecheck pytest
 
 clean-ring:
 	rm -rf .ring
+
+# The nemesis harness of issue 14 (as root: network namespaces, a bridge, libfaketime):
+#   make nemesis SEED=7 MINUTES=30   (SEED empty: a random one, printed; the summary says where
+#   the history, the node logs and summary.json are). Exit 1 when the checker found anything.
+SEED ?=
+MINUTES ?= 5
+.PHONY: nemesis
+nemesis: $(TEST_STAMP) tools
+	$(PY) scripts/nemesis/run.py $(if $(SEED),--seed $(SEED)) --minutes $(MINUTES)

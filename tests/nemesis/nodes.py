@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,6 +57,38 @@ overlay_deadline = 3.0
 """
 
 
+def snapshot_code(dest: Path, source: str) -> str:
+    """Copy the node's packages to ``dest`` so that every start and restart of the run runs
+    the same code, whatever happens to the shared checkout meanwhile; what was copied.
+
+    ``source`` "head": the last commit (``git archive``); "worktree": the files as they are.
+    """
+    packages = ("p2preg", "overlay", "storage")
+    dest.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if source == "head":
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", "HEAD", *packages],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return f"commit {commit}"
+    for package in packages:
+        shutil.copytree(
+            REPO / package, dest / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", *packages],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    return f"working tree on commit {commit}" + (f", changed: {dirty[1::2]}" if dirty else "")
+
+
 def faketime_lib() -> str | None:
     return next((lib for lib in FAKETIME_LIBS if os.path.exists(lib)), None)
 
@@ -79,6 +112,7 @@ class Node:
     state: NodeState = NodeState.DOWN
     clock_offset: int = 0
     retired: bool = False  # removed by the autoscaler for good
+    code: Path = REPO  # where the p2preg, overlay and storage packages are imported from
     starts: int = 0
     exit_codes: list[int] = field(default_factory=list)
 
@@ -134,7 +168,7 @@ class Node:
         self.set_clock(self.clock_offset)
         env = dict(os.environ)
         env.update(
-            PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+            PYTHONPATH=os.pathsep.join(p for p in (str(self.code), env.get("PYTHONPATH", "")) if p),
             PYTHONUNBUFFERED="1",
             LD_PRELOAD=lib,
             FAKETIME_TIMESTAMP_FILE=str(self.clock_file),
@@ -166,7 +200,7 @@ class Node:
                 stdout=log,
                 stderr=log,
                 env=env,
-                cwd=REPO,
+                cwd=self.code,
                 start_new_session=True,
             )
         self.starts += 1
