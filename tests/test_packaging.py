@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import re
 import shlex
@@ -33,7 +34,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from harness import REPO, Cluster, NodeProcess, child_env, wait_for
+from harness import REPO, Cluster, NodeProcess, child_env, http_json, wait_for
 
 PACKAGING = REPO / "packaging"
 UNIT = PACKAGING / "systemd" / "p2preg.service"
@@ -651,3 +652,220 @@ def test_wheel_installs_in_a_clean_venv(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
     print(f"wheel built and installed in {built:.1f} s")
+
+
+# --- the README's Kamailio configuration ---------------------------------------------------------
+
+KAMAILIO = shutil.which("kamailio") or next(
+    (p for p in ("/usr/sbin/kamailio",) if os.access(p, os.X_OK)), None
+)
+# What a whole kamailio.cfg has beside the README's fragment: listeners and the base modules.
+KAMAILIO_PREAMBLE = """#!KAMAILIO
+listen=udp:127.0.0.1:{port}
+alias="example.com"
+children=2
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "siputils.so"
+loadmodule "textops.so"
+"""
+
+
+def _kamailio_fragment() -> tuple[str, list[str]]:
+    """The kamailio.cfg fragment of README's "Deploying next to Kamailio" and its
+    dispatcher.list lines, as the README shows them."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Deploying next to Kamailio")
+    section = text[start : text.index("\n## ", start + 1)]
+    blocks = re.findall(r"(?:^    .*\n|^\n)+", section, re.MULTILINE)
+    [block] = [b for b in blocks if "loadmodule" in b]
+    lines = [line[4:] for line in block.splitlines()]
+    dispatcher = [line for line in lines if re.match(r"^\d+ sip:", line)]
+    config = "\n".join(line for line in lines if line not in dispatcher)
+    assert dispatcher and "/etc/kamailio/dispatcher.list" in config
+    return config, dispatcher
+
+
+def _kamailio_cfg(root: Path, port: int, nodes_sip: list[str]) -> Path:
+    config, dispatcher = _kamailio_fragment()
+    listing = root / "dispatcher.list"
+    if nodes_sip:  # the README's example addresses replaced by the test's nodes
+        dispatcher = [f"1 sip:{address}" for address in nodes_sip]
+    listing.write_text("\n".join(dispatcher) + "\n")
+    cfg = root / "kamailio.cfg"
+    cfg.write_text(
+        KAMAILIO_PREAMBLE.format(port=port)
+        + config.replace("/etc/kamailio/dispatcher.list", str(listing))
+    )
+    return cfg
+
+
+def test_readme_kamailio_config_is_accepted_by_kamailio(tmp_path: Path) -> None:
+    kamailio = _need(KAMAILIO, "kamailio")
+    cfg = _kamailio_cfg(tmp_path, _free_ports(1)[0], [])
+    check = subprocess.run(
+        [kamailio, "-c", "-f", cfg], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert check.returncode == 0, f"kamailio -c rejects the README's config:\n{check.stderr}"
+    # ... and kamailio -c does reject a broken one.
+    cfg.write_text(cfg.read_text().replace("add_path_received();", "add_path_recieved();"))
+    check = subprocess.run(
+        [kamailio, "-c", "-f", cfg], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert check.returncode != 0
+
+
+class SipSocket:
+    """A UDP socket on 127.0.0.1 that sends SIP requests and reads what comes back."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def receive(self, deadline: float) -> tuple[str, tuple[str, int]] | None:
+        self.sock.settimeout(max(0.01, min(0.5, deadline - time.monotonic())))
+        try:
+            data, source = self.sock.recvfrom(65535)
+        except TimeoutError:
+            return None
+        return data.decode("utf-8", "replace"), source
+
+    def request(
+        self, target: tuple[str, int], method: str, uri: str, headers: list[str], timeout: float
+    ) -> str:
+        """Send until a final response comes (retransmitting every 0.5 s, as a UA does)."""
+        branch = "z9hG4bK" + os.urandom(6).hex()
+        message = "\r\n".join(
+            [
+                f"{method} {uri} SIP/2.0",
+                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch};rport",
+                "Max-Forwards: 70",
+                *headers,
+                "Content-Length: 0",
+                "",
+                "",
+            ]
+        ).encode()
+        deadline = time.monotonic() + timeout
+        next_send = 0.0
+        while time.monotonic() < deadline:
+            if time.monotonic() >= next_send:
+                self.sock.sendto(message, target)
+                next_send = time.monotonic() + 0.5
+            got = self.receive(min(deadline, next_send))
+            if got is None:
+                continue
+            text, _ = got
+            code = int(text.split(" ", 2)[1]) if text.startswith("SIP/2.0 ") else 0
+            if branch in text and code >= 200:
+                return text
+        raise AssertionError(f"no final answer to {method} {uri} in {timeout:.0f} s")
+
+
+def _header(message: str, name: str) -> list[str]:
+    return [
+        line.split(":", 1)[1].strip()
+        for line in message.split("\r\n")
+        if line.lower().startswith(name.lower() + ":")
+    ]
+
+
+def test_kamailio_with_the_readme_config_registers_and_redirects_through_the_ring(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Kamailio running the README's fragment in front of two real nodes: a REGISTER through
+    it is stored in the ring with the edge's Path, and an INVITE to the user comes back as a
+    302 that Kamailio forks to the registered contact."""
+    kamailio = _need(KAMAILIO, "kamailio")
+    sip = ("--sip", "127.0.0.1:0")
+    first = cluster.start(extra=sip)
+    second = cluster.start([first.overlay], extra=sip)
+    wait_for(
+        lambda: all(_get(f"http://{n.admin}/v1/health")[0] == 200 for n in (first, second)),
+        30,
+        "both nodes healthy",
+    )
+    port = _free_ports(1)[0]
+    root = tmp_path / "kamailio"
+    root.mkdir()
+    cfg = _kamailio_cfg(root, port, [str(first.info["sip"]), str(second.info["sip"])])
+    log = root / "kamailio.log"
+    with open(log, "wb") as log_handle:
+        proc = subprocess.Popen(
+            [kamailio, "-f", cfg, "-DD", "-E", "-m", "64", "-M", "8",
+             "-Y", root, "-P", root / "kamailio.pid", "-w", root],
+            stdout=log_handle, stderr=log_handle, cwd=root, start_new_session=True,
+        )  # fmt: skip
+    uac, uas = SipSocket(), SipSocket()
+    try:
+        edge = ("127.0.0.1", port)
+        contact = f"sip:alice@127.0.0.1:{uas.port}"
+        reply = uac.request(
+            edge,
+            "REGISTER",
+            "sip:example.com",
+            [
+                "From: <sip:alice@example.com>;tag=reg1",
+                "To: <sip:alice@example.com>",
+                f"Call-ID: {os.urandom(8).hex()}@test",
+                "CSeq: 1 REGISTER",
+                f"Contact: <{contact}>",
+                "Supported: path",
+                "Expires: 300",
+            ],
+            timeout=30,
+        )
+        assert reply.startswith("SIP/2.0 200"), reply
+        assert any(contact in c for c in _header(reply, "Contact")), reply
+        path = _header(reply, "Path")
+        assert path and f"127.0.0.1:{port}" in path[0], f"no Path of the edge in:\n{reply}"
+        for node in (first, second):
+            status, body = http_json(node.admin, "GET", "/v1/aor/sip:alice@example.com")
+            assert status == 200, body
+            [binding] = body["bindings"]
+            assert binding["contact"].strip("<>") == contact and binding["path"], binding
+
+        invite_call = f"{os.urandom(8).hex()}@test"
+        via = f"SIP/2.0/UDP 127.0.0.1:{uac.port};branch=z9hG4bK{os.urandom(6).hex()};rport"
+        uac.sock.sendto(
+            "\r\n".join(
+                [
+                    "INVITE sip:alice@example.com SIP/2.0",
+                    f"Via: {via}",
+                    "Max-Forwards: 70",
+                    "From: <sip:bob@example.com>;tag=inv1",
+                    "To: <sip:alice@example.com>",
+                    f"Call-ID: {invite_call}",
+                    "CSeq: 1 INVITE",
+                    f"Contact: <sip:bob@127.0.0.1:{uac.port}>",
+                    "Content-Length: 0",
+                    "",
+                    "",
+                ]
+            ).encode(),
+            edge,
+        )
+        deadline = time.monotonic() + 30
+        forked: str | None = None
+        while forked is None and time.monotonic() < deadline:
+            got = uas.receive(deadline)
+            if got is not None and got[0].startswith("INVITE ") and invite_call in got[0]:
+                forked = got[0]
+        assert forked is not None, (
+            "Kamailio did not fork the INVITE to the registered contact:\n"
+            + log.read_text(errors="replace")[-3000:]
+        )
+        assert forked.startswith(f"INVITE {contact} SIP/2.0"), forked
+    finally:
+        uac.close()
+        uas.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
