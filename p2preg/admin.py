@@ -6,6 +6,8 @@ GET  /v1/route/{key}  the hop path to the peer responsible for an AOR or a 32-he
 GET  /v1/records      what this peer holds for one resource (?resource=HEX, ?aor=AOR, ?name=NAME)
 GET  /v1/records/all  every record this peer holds, one compact row each (?role=, ?kind=)
 GET  /v1/aor/{aor}    an AOR's bindings (through the overlay), responsible peer and replicas
+DELETE /v1/aor/{aor}  remove one binding (?contact=URI) or all of them, through the overlay
+GET  /v1/aors         a page of the AORs THIS peer is responsible for (?after=HEX&limit=N&domain=D)
 GET  /v1/kv/{name}    fetch the DEBUG-KV value of a name through the overlay
 PUT  /v1/kv/{name}    store one (body = value, ?lifetime=SECONDS) through the overlay
 POST /v1/leave        leave the ring gracefully; the process then exits 0
@@ -49,8 +51,10 @@ from p2preg.ring import (
     self_entry,
     walk_ring,
 )
-from p2preg.sip.bindings_store import OverlayBindings, OverlayUnavailable, StoreRefused
+from p2preg.sip.binding import Binding
+from p2preg.sip.bindings_store import OverlayUnavailable, StoreRefused
 from p2preg.sip.uri import UriError, aor_resource_name, canonical_aor, parse_sip_uri
+from p2preg.usrloc import DEFAULT_PAGE, MAX_PAGE, PageRequest, aor_page, removal
 from storage import Record, Role
 
 if TYPE_CHECKING:
@@ -90,6 +94,11 @@ def node_info(node: Node) -> dict[str, Any]:
         "fingers": [{"index": i, "node_id": id_hex(n)} for i, n in view.fingers],
         "primary_records": node.counts.primary,
         "replica_records": node.counts.replica,
+        "aors": node.counts.aors_primary,
+        "bindings": node.counts.bindings_primary,
+        "replica_aors": node.counts.aors_replica,
+        "replica_bindings": node.counts.bindings_replica,
+        "peers_down": len(node.lost),
         "durability": node.options.durability.value,
         "counters": dict(node.rt.counters),
         "sip_metrics": node.sip.metrics() if node.sip is not None else None,
@@ -402,9 +411,8 @@ async def get_aor(request: web.Request) -> web.Response:
         return refusal
     aor = _canonical_aor(request.match_info["aor"])
     name = aor_resource_name(aor)
-    bindings = node.sip.bindings if node.sip is not None else OverlayBindings(node.rt)
     try:
-        state = await bindings.fetch(name)
+        state = await node.bindings().fetch(name)
     except OverlayUnavailable as exc:
         return _error(503, f"cannot fetch the bindings of {aor}: {exc}")
     except StoreRefused as exc:
@@ -434,6 +442,71 @@ async def get_aor(request: web.Request) -> web.Response:
             "bindings": [b.describe(now) for b in live],
         }
     )
+
+
+# --- usrloc: every AOR, paged per peer; removing bindings -----------------------------------
+
+
+def _page_request(request: web.Request) -> PageRequest:
+    query = request.query
+    after: int | None = None
+    if query.get("after"):
+        try:
+            after = parse_id(query["after"])
+        except ValueError as exc:
+            raise web.HTTPBadRequest(reason=f"bad cursor: {exc}") from None
+    text = query.get("limit", str(DEFAULT_PAGE))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise web.HTTPBadRequest(reason=f"limit must be 1..{MAX_PAGE} AORs")
+    domain = query.get("domain") or None
+    return PageRequest(after, int(text), domain)
+
+
+async def get_aors(request: web.Request) -> web.Response:
+    """A page of the AORs this peer is responsible for, with their live bindings."""
+    node = request.app[NODE_KEY]
+    page = _page_request(request)
+    span = node.responsible_span()
+    result = await node.read_store(aor_page, node.store, span, page, now_ms())
+    return web.json_response(
+        {
+            "node_id": id_hex(node.node_id),
+            "responsible": span is not None,
+            "aors": result.aors,
+            "next": None if result.next is None else id_hex(result.next),
+            "scanned": result.scanned,
+        }
+    )
+
+
+async def delete_aor(request: web.Request) -> web.Response:
+    """Remove one binding (?contact=URI) or all bindings of an AOR, through the ring."""
+    node = request.app[NODE_KEY]
+    refusal = _require_joined(node)
+    if refusal is not None:
+        return refusal
+    aor = _canonical_aor(request.match_info["aor"])
+    contact = request.query.get("contact") or None
+    removed: list[Binding] = []
+    try:
+        decision = await node.bindings().update(
+            aor_resource_name(aor), removal(contact, removed), time.time
+        )
+    except OverlayUnavailable as exc:
+        return _error(503, f"cannot update the bindings of {aor}: {exc}")
+    except StoreRefused as exc:
+        return _error(502, f"removing bindings of {aor} was refused: {exc}")
+    now = time.time()
+    body = {
+        "aor": aor,
+        "contact": contact,
+        "removed": [b.uri for b in removed],
+        "remaining": [b.describe(now) for b in decision.bindings],
+    }
+    if not removed:
+        what = f"no binding with contact {contact}" if contact else "no bindings"
+        return web.json_response({"error": f"{aor} has {what}", **body}, status=404)
+    return web.json_response(body)
 
 
 async def post_leave(request: web.Request) -> web.Response:
@@ -482,6 +555,8 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/records", get_records)
     app.router.add_get("/v1/records/all", get_all_records)
     app.router.add_get("/v1/aor/{aor:.+}", get_aor)
+    app.router.add_delete("/v1/aor/{aor:.+}", delete_aor)
+    app.router.add_get("/v1/aors", get_aors)
     app.router.add_get("/v1/kv/{name:.+}", get_kv)
     app.router.add_put("/v1/kv/{name:.+}", put_kv)
     app.router.add_post("/v1/leave", post_leave)

@@ -439,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("aor", metavar="AOR", help="address of record, e.g. sip:alice@example.com")
     _add_admin_args(lookup)
 
+    _add_aors_parser(sub)
+    _add_unregister_parser(sub)
+
     leave = sub.add_parser(
         "leave",
         formatter_class=_Formatter,
@@ -538,6 +541,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _add_aors_parser(sub: Any) -> None:
+    aors = sub.add_parser(
+        "aors",
+        formatter_class=_Formatter,
+        help="list every registered AOR with its bindings (like kamcmd ul.dump)",
+        description=(
+            "List every AOR of the ring with its live bindings, like `kamcmd ul.dump`. The\n"
+            "given node walks the ring (GET /v1/ring); then each peer in turn is asked, page\n"
+            "by page (GET /v1/aors on its own admin API), for the AORs it is responsible for,\n"
+            "and they are printed as they come: the output starts at once and no single\n"
+            "answer grows with the number of registrations. Each AOR is listed once, by the\n"
+            "peer responsible for it. --json prints one JSON object per line (NDJSON):\n"
+            "{aor, resource_id, node_id, bindings: [...]}. Exit 1 when a peer could not be\n"
+            "listed (it is named on stderr) or the ring walk did not close."
+        ),
+    )
+    aors.add_argument(
+        "--domain",
+        metavar="DOMAIN",
+        help="only AORs of this domain, e.g. example.com (default: every domain)",
+    )
+    aors.add_argument(
+        "--page-size",
+        type=int,
+        default=500,
+        metavar="N",
+        help="AORs asked of a peer per request, 1..5000 (default: %(default)s)",
+    )
+    _add_admin_args(aors)
+
+
+def _add_unregister_parser(sub: Any) -> None:
+    unregister = sub.add_parser(
+        "unregister",
+        formatter_class=_Formatter,
+        help="remove one binding of an AOR, or all of them (like kamctl ul rm)",
+        description=(
+            "Remove the binding of AOR whose contact URI is CONTACT, or every binding of AOR\n"
+            "when no CONTACT is given (DELETE /v1/aor/AOR), through the ring: like a REGISTER\n"
+            "with Expires: 0, whichever peer is responsible for the AOR. CONTACT is the URI as\n"
+            "`p2preg lookup` shows it, e.g. sip:alice@192.0.2.7:5060. Prints what was removed\n"
+            "and what remains; exit 1 when nothing matched."
+        ),
+    )
+    unregister.add_argument(
+        "aor", metavar="AOR", help="address of record, e.g. sip:alice@example.com"
+    )
+    unregister.add_argument(
+        "contact",
+        metavar="CONTACT",
+        nargs="?",
+        help="the contact URI of the binding to remove (default: every binding of AOR)",
+    )
+    _add_admin_args(unregister)
 
 
 # --- the admin API client -------------------------------------------------------------------
@@ -642,7 +701,11 @@ def render_status(info: dict[str, Any]) -> str:
         f"Overlay    {info['overlay']}  (ring {info.get('overlay_name', '?')!r})",
         f"Admin      {info['admin']}",
         f"SIP        {info['sip'] or '- (no --sip)'}",
+        f"Version    {info.get('version', '?')}",
         f"Uptime     {_uptime(info['uptime_s'])}",
+        f"usrloc     {info.get('aors', '?')} AORs, {info.get('bindings', '?')} bindings "
+        f"(responsible); {info.get('replica_aors', '?')} AORs, "
+        f"{info.get('replica_bindings', '?')} bindings as replicas",
         f"Owns       {_ownership(info['responsible_ppb'])} of the ring",
         f"Fingers    {len(info['fingers'])} filled",
         "",
@@ -906,6 +969,87 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _binding_line(b: dict[str, Any]) -> str:
+    parts = [f"    {b['contact']}", f"expires {b['expires_in']}s"]
+    if b.get("q") is not None:
+        parts.append(f"q {b['q']}")
+    parts.append(f"received {b['received']}")
+    if b.get("user_agent"):
+        parts.append(f"ua {b['user_agent']!r}")
+    return "  ".join(parts)
+
+
+def cmd_aors(args: argparse.Namespace) -> int:
+    if not 1 <= args.page_size <= 5000:
+        raise _Usage("--page-size must be 1..5000")
+    walk = _checked(*admin_call(args.admin, "GET", "/v1/ring", args.timeout), args.admin)
+    peers = [n for n in walk["nodes"] if n["reachable"]]
+    failed: list[str] = []
+    seen: set[str] = set()
+    bindings = 0
+    for peer in peers:
+        if not peer.get("admin"):
+            failed.append(f"{_short(peer['node_id'])} (no admin address)")
+            continue
+        after = ""
+        while True:
+            query = {"limit": str(args.page_size)}
+            if after:
+                query["after"] = after
+            if args.domain:
+                query["domain"] = args.domain
+            path = "/v1/aors?" + urllib.parse.urlencode(query)
+            try:
+                status, page = admin_call(peer["admin"], "GET", path, args.timeout)
+                page = _checked(status, page, peer["admin"])
+            except (AdminUnreachable, AdminRefused) as exc:
+                failed.append(f"{_short(peer['node_id'])} ({exc})")
+                break
+            for entry in page["aors"]:
+                if entry["resource_id"] in seen:
+                    continue  # a range changing hands between two pages
+                seen.add(entry["resource_id"])
+                bindings += len(entry["bindings"])
+                if args.json:
+                    print(json.dumps({**entry, "node_id": page["node_id"]}))
+                else:
+                    print(entry["aor"])
+                    for b in entry["bindings"]:
+                        print(_binding_line(b))
+            if not page["next"]:
+                break
+            after = page["next"]
+        sys.stdout.flush()
+    if not args.json:
+        print(f"{len(seen)} AORs, {bindings} bindings, from {len(peers)} peers")
+    for what in failed:
+        print(f"p2preg aors: could not list peer {what}", file=sys.stderr)
+    if not walk["complete"]:
+        print("p2preg aors: the ring walk did not close: the list may be short", file=sys.stderr)
+    return EXIT_OK if not failed and walk["complete"] else EXIT_FAILED
+
+
+def cmd_unregister(args: argparse.Namespace) -> int:
+    path = "/v1/aor/" + urllib.parse.quote(args.aor, safe="")
+    if args.contact:
+        path += "?" + urllib.parse.urlencode({"contact": args.contact})
+    status, body = admin_call(args.admin, "DELETE", path, args.timeout)
+    if status == 404 and isinstance(body, dict) and "removed" in body:
+        print(f"p2preg unregister: {body['error']}", file=sys.stderr)
+        return EXIT_FAILED
+    answer = _checked(status, body, args.admin)
+    if args.json:
+        _print_json(answer)
+        return EXIT_OK
+    for contact in answer["removed"]:
+        print(f"removed {contact} from {answer['aor']}")
+    left = answer["remaining"]
+    print(f"{len(left)} binding{'s' if len(left) != 1 else ''} left")
+    for b in left:
+        print(_binding_line(b))
+    return EXIT_OK
+
+
 def cmd_leave(args: argparse.Namespace) -> int:
     answer = _checked(*admin_call(args.admin, "POST", "/v1/leave", args.timeout), args.admin)
     if args.json:
@@ -1100,6 +1244,8 @@ COMMANDS = {
     "get": cmd_get,
     "records": cmd_records,
     "lookup": cmd_lookup,
+    "aors": cmd_aors,
+    "unregister": cmd_unregister,
     "leave": cmd_leave,
     "sim": cmd_sim,
 }

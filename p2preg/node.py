@@ -51,6 +51,7 @@ from p2preg.membership import (
     tcp_reachable,
 )
 from p2preg.metrics import Health, assess, make_registry
+from p2preg.sip.bindings_store import OverlayBindings
 from p2preg.sip.metrics import Histogram
 from p2preg.sip.registrar import RegistrarConfig
 from p2preg.sip.service import SipService
@@ -294,6 +295,7 @@ class Node:
         self.memory = RingMemory.load(options.data_dir)
         self._neighbours: set[int] = set()
         self._join_watch: asyncio.Task[None] | None = None
+        self._bindings: OverlayBindings | None = None
 
     @property
     def sip_address(self) -> Address | None:
@@ -467,6 +469,21 @@ class Node:
 
     def event_loop_name(self) -> str:
         return self.event_loop
+
+    def responsible_span(self) -> tuple[int, int] | None:
+        """(start, self]: the ring interval this peer answers for; None when not in the ring."""
+        if self.rt.state is not PeerState.JOINED:
+            return None
+        return self.rt.peer.responsible_range()
+
+    def bindings(self) -> OverlayBindings:
+        """The SIP front end's ring client for bindings (one without SIP on an overlay-only
+        node), for the admin API's lookups and removals."""
+        if self.sip is not None:
+            return self.sip.bindings
+        if self._bindings is None:
+            self._bindings = OverlayBindings(self.rt)
+        return self._bindings
 
     def down_peers(self) -> list[dict[str, object]]:
         """Peers lost in the last ``--down-window`` seconds, for the ring walk."""
