@@ -19,7 +19,7 @@ def free_port() -> int:
 def test_top_level_help_lists_every_command() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("run", "status", "ring", "route", "leave", "sim"):
+    for command in ("run", "status", "ring", "route", "leave", "sim", "aors", "unregister"):
         assert command in result.stdout
 
 
@@ -45,8 +45,13 @@ def test_top_level_help_lists_every_command() -> None:
                 "seconds",
                 "SIGTERM",
                 "Port 0",
+                "--new-ring",
+                "--down-window",
+                "minutes",
             ],
         ),
+        ("aors", ["--domain", "--json", "--page-size", "once", "default", "P2PREG_ADMIN"]),
+        ("unregister", ["AOR", "CONTACT", "every binding", "--admin"]),
         ("status", ["--admin", "--json"]),
         ("ring", ["--admin", "--json", "ring order", "unreachable"]),
         ("route", ["KEY", "--admin", "--json", "32 hex"]),
@@ -156,3 +161,14 @@ def test_event_loop_choice() -> None:
     assert (policy is None) == name.startswith("asyncio")
     with pytest.raises(SetupError, match="unknown event loop"):
         event_loop_policy("tokio")
+
+
+def test_bad_down_window_and_page_size_are_one_line_errors(tmp_path: Path) -> None:
+    result = run_cli(
+        "run", "--data-dir", str(tmp_path / "d"), "--overlay", "127.0.0.1:0",
+        "--admin", "127.0.0.1:0", "--down-window", "-1",
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--down-window" in result.stderr
+    paged = run_cli("aors", "--admin", "127.0.0.1:9", "--page-size", "0")
+    assert paged.returncode == 2 and "--page-size" in paged.stderr
