@@ -1,4 +1,4 @@
-"""RELOAD message codec (RFC 6940 §6.3-§7, §10; our subset in WIRE.md), sans-I/O.
+"""RELOAD message codec (RFC 6940 §6.3-§7, §10; our subset in docs/wire.md), sans-I/O.
 
 Decoding trusts nothing: every length is checked against the bytes that remain before anything
 is sliced or allocated, every structure must consume its length exactly, and the only exception

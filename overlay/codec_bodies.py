@@ -1,5 +1,5 @@
-"""RELOAD message bodies (RFC 6940 §6.4, §7.4, §10; WIRE.md §4-§5): encoders and decoders.
-``overlay.codec`` is the public face; import from there."""
+"""RELOAD message bodies (RFC 6940 §6.4, §7.4, §10; docs/wire.md §5-§7): encoders and
+decoders. ``overlay.codec`` is the public face; import from there."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ from overlay.codec_base import (
 )
 from overlay.messages import (
     EMPTY_SIGNATURE,
+    ApplyAns,
+    ApplyReq,
     AttachAns,
     AttachReq,
     CandType,
@@ -204,6 +206,26 @@ def _enc_fetch_ans(b: FetchAns) -> bytes:
     return opaque(resp, 4, "FetchAns kind_responses")
 
 
+def _enc_apply_req(b: ApplyReq) -> bytes:
+    return b"".join(
+        (
+            resource_bytes(b.resource, "ApplyReq resource"),
+            _KIND_GEN.pack(b.kind, b.generation),
+            opaque(b.operation, 4, "ApplyReq operation"),
+        )
+    )
+
+
+def _enc_apply_ans(b: ApplyAns) -> bytes:
+    return b"".join(
+        (
+            _KIND_GEN.pack(b.kind, b.generation),
+            id_list(b.replicas, "ApplyAns replicas"),
+            _enc_stored_list(b.values),
+        )
+    )
+
+
 def _enc_join_req(b: JoinReq) -> bytes:
     return id_bytes(b.joining_peer_id, "JoinReq joining_peer_id") + opaque(
         b.overlay_specific, 2, "JoinReq overlay_specific"
@@ -260,6 +282,8 @@ _ENCODERS: Final[dict[type[Any], Callable[[Any], bytes]]] = {
     RouteQueryAns: lambda b: id_bytes(b.next_peer, "RouteQueryAns next_peer"),
     PingReq: lambda b: opaque(b.padding, 2, "PingReq padding"),
     PingAns: lambda b: _PING_ANS.pack(b.response_id, b.time),
+    ApplyReq: _enc_apply_req,
+    ApplyAns: _enc_apply_ans,
     ErrorResponse: lambda b: _ERROR_HEAD.pack(b.error_code) + opaque(b.info, 2, "error info"),
 }
 # type -> (plain int code, encoder): one lookup per message, no IntEnum conversion
@@ -452,6 +476,18 @@ def _dec_fetch_ans(r: Reader, code: int) -> FetchAns:
     return FetchAns(tuple(out))
 
 
+def _dec_apply_req(r: Reader, code: int) -> ApplyReq:
+    resource = r.resource_id("resource")
+    kind, gen = _kind_gen(r)
+    return ApplyReq(resource, kind, gen, r.opaque(4, "operation"))
+
+
+def _dec_apply_ans(r: Reader, code: int) -> ApplyAns:
+    kind, gen = _kind_gen(r)
+    replicas = r.node_ids("replicas")
+    return ApplyAns(kind, gen, replicas, _dec_stored_list(r))
+
+
 def _dec_join_req(r: Reader, code: int) -> JoinReq:
     return JoinReq(r.node_id("joining_peer_id"), r.opaque(2, "overlay_specific"))
 
@@ -515,6 +551,8 @@ _DECODERS: Final[dict[int, Callable[[Reader, int], MessageBody]]] = {
     MessageCode.ROUTE_QUERY_ANS: lambda r, c: RouteQueryAns(r.node_id("next_peer")),
     MessageCode.PING_REQ: lambda r, c: PingReq(r.opaque(2, "padding")),
     MessageCode.PING_ANS: _dec_ping_ans,
+    MessageCode.APPLY_REQ: _dec_apply_req,
+    MessageCode.APPLY_ANS: _dec_apply_ans,
     MessageCode.ERROR: _dec_error,
 }
 

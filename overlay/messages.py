@@ -1,4 +1,4 @@
-"""Typed RELOAD messages (RFC 6940 §6.3, §6.4, §7, §10; our subset in WIRE.md).
+"""Typed RELOAD messages (RFC 6940 §6.3, §6.4, §7, §10; our subset in docs/wire.md).
 
 These are plain values: the codec (``overlay.codec``) turns them into bytes and
 back, the Chord state machine and the storage layer produce and consume them.
@@ -46,6 +46,9 @@ class MessageCode(IntEnum):
     STAT_ANS = 0x1A
     APP_ATTACH_REQ = 0x1D
     APP_ATTACH_ANS = 0x1E
+    # Private codes (outside the IANA-registered ones): "the owner decides" (docs/wire.md §7).
+    APPLY_REQ = 0x8001
+    APPLY_ANS = 0x8002
     ERROR = 0xFFFF
 
 
@@ -154,7 +157,7 @@ class Signature:
     value: bytes = b""
 
 
-# Until peer security lands we sign nothing. WIRE.md §3 names identity type none(3), but
+# Until peer security lands we sign nothing. The obvious placeholder is identity type none(3), but
 # Wireshark 4.0 reports none(3) as an "Unknown identity type" error on every frame, so the
 # placeholder is a cert_hash identity with hash algorithm none and an empty hash: the same
 # "no signer" meaning, and it decodes cleanly.
@@ -423,6 +426,35 @@ class FetchAns:
     kind_responses: tuple[FetchKindResponse, ...] = ()
 
 
+# --- the owner decides (private codes 0x8001/0x8002, docs/wire.md §7) -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReq:
+    """Sent to the peer responsible for ``resource``: apply ``operation`` (opaque to the overlay,
+    interpreted by the owner-side rules of ``kind``) to the owner's own copy, atomically.
+    ``generation`` 0 is unconditional; otherwise it must equal the current generation, as for an
+    original Store."""
+
+    CODE: ClassVar[MessageCode] = MessageCode.APPLY_REQ
+    resource: int
+    kind: int
+    generation: int
+    operation: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyAns:
+    """The outcome of an ApplyReq: the kind's generation after the change, the replicas that
+    acknowledged it, and every live value of the kind at the resource after the change."""
+
+    CODE: ClassVar[MessageCode] = MessageCode.APPLY_ANS
+    kind: int
+    generation: int
+    replicas: tuple[int, ...] = ()
+    values: tuple[StoredData, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorResponse:
     CODE: ClassVar[MessageCode] = MessageCode.ERROR
@@ -465,6 +497,8 @@ MessageBody = (
     | RouteQueryAns
     | PingReq
     | PingAns
+    | ApplyReq
+    | ApplyAns
     | ErrorResponse
     | RawBody
 )

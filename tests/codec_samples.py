@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from overlay.messages import (
+    ApplyAns,
+    ApplyReq,
     AttachAns,
     AttachReq,
     CandType,
@@ -87,6 +89,9 @@ SIGNED = StoredData(
     signature=Signature(4, 1, 1, b"\x04\x20" + bytes(32), b"\x55" * 64),
 )
 
+# An operation as the owner-side registrar rules might carry it (msgpack); opaque to the codec.
+OPERATION = b"\x84\xa3aor\xb1alice@example.com\xa4cseq\x2a\xa7call-id\xa3c-1\xa1c\x90"
+
 
 def bodies() -> list[MessageBody]:
     """At least one of every body type, with the variants that take different code paths."""
@@ -141,6 +146,10 @@ def bodies() -> list[MessageBody]:
         RouteQueryAns(N3),
         PingReq(b"\x00" * 40),
         PingAns(0x1122334455667788, 1_700_000_000_000),
+        ApplyReq(R1, SIP_BINDING, 0, OPERATION),
+        ApplyReq(R1, SIP_CREDENTIAL, 0xFFFFFFFFFFFFFFFF, b""),
+        ApplyAns(SIP_BINDING, 9, (N1, N2), (ENTRY, SIGNED)),
+        ApplyAns(SIP_CREDENTIAL, 0),
         ErrorResponse(ErrorCode.INVALID_MESSAGE, "bad length ✓".encode()),
         ErrorResponse(ErrorCode.NOT_FOUND),
         RawBody(0x19, b"stat request"),

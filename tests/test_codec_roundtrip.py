@@ -21,6 +21,8 @@ from overlay.codec import (
     encode_message,
 )
 from overlay.messages import (
+    ApplyAns,
+    ApplyReq,
     AttachAns,
     AttachReq,
     CandType,
@@ -85,6 +87,12 @@ def test_samples_cover_every_body_type_and_variant() -> None:
     store = next(b for b in samples if isinstance(b, StoreReq))
     assert len(store.kind_data) >= 2 and len(store.kind_data[0].values) >= 2
     assert any(not v.exists for k in store.kind_data for v in k.values)
+    applies = [b for b in samples if isinstance(b, ApplyReq)]
+    assert {b.generation == 0 for b in applies} == {True, False}
+    assert {b.operation == b"" for b in applies} == {True, False}
+    answers = [b for b in samples if isinstance(b, ApplyAns)]
+    assert any(b.replicas and b.values for b in answers)
+    assert any(not b.replicas and not b.values for b in answers)
 
 
 @pytest.mark.parametrize("msg", messages(rich=True), ids=lambda m: type(m.body).__name__)
@@ -171,6 +179,17 @@ def test_bad_destinations(bad: bytes) -> None:
         RouteQueryReq(True, OpaqueDestination(b"\x01\x02", compressed=True)),
         RouteQueryReq(True, OpaqueDestination(b"x" * 255)),
         RawBody(0x10000),
+        ApplyReq(-1, 1, 0, b""),
+        ApplyReq(1 << 128, 1, 0, b""),
+        ApplyReq(1, 1 << 32, 0, b""),
+        ApplyReq(1, 1, 1 << 64, b""),
+        ApplyReq(1, 1, -1, b""),
+        ApplyAns(-1, 0),
+        ApplyAns(1, 1 << 64),
+        ApplyAns(1, 0, (1 << 128,)),
+        ApplyAns(1, 0, (N1,) * 4096),  # 65536 bytes of replicas: over the 2-byte prefix
+        ApplyAns(1, 0, (), (StoredData(1 << 64, 0, b"k", b"v"),)),
+        ApplyAns(1, 0, (), (StoredData(0, 0, b"k" * 65536, b"v"),)),
     ],
 )
 def test_encoding_invalid_values_raises_codec_error(body: MessageBody) -> None:
@@ -196,6 +215,65 @@ def test_invalid_header_values() -> None:
 def test_unknown_codes_decode_raw() -> None:
     for code in (MessageCode.STAT_REQ, MessageCode.STAT_ANS, 0x1D, 0x1E, 0x42, 0xFFFE):
         assert decode_body(code, b"\x00\x01") == RawBody(code, b"\x00\x01")
+
+
+def test_apply_pair_codes_and_body_layout() -> None:
+    """ApplyReq/ApplyAns are the private request/answer pair 0x8001/0x8002, and their bodies
+    start the way docs/wire.md §7 says (resource as in StoreReq; kind and generation first)."""
+    req = ApplyReq(N2, 0xF0000001, 0, b"op")
+    ans = ApplyAns(0xF0000001, 3, (N1,), ())
+    assert (ApplyReq.CODE, ApplyAns.CODE) == (0x8001, 0x8002)
+    code, data = encode_body(req)
+    assert code == 0x8001
+    assert data == (
+        b"\x10"
+        + N2.to_bytes(16, "big")
+        + bytes.fromhex("f0000001" + "00" * 8)
+        + b"\x00\x00\x00\x02op"
+    )
+    assert data[:17] == encode_body(StoreReq(N2, 0))[1][:17]
+    code, data = encode_body(ans)
+    assert code == 0x8002
+    assert data == (
+        bytes.fromhex("f0000001" + "0000000000000003" + "0010")
+        + N1.to_bytes(16, "big")
+        + b"\x00\x00\x00\x00"
+    )
+
+
+def test_apply_ans_values_are_encoded_as_in_fetch_ans() -> None:
+    values = (
+        StoredData(1, 2, b"k", b"v"),
+        StoredData(3, 4, b"", b"", exists=False, signature=Signature(4, 1, 1, b"\x04\x00", b"s")),
+    )
+    fetch = encode_body(FetchAns((FetchKindResponse(7, 9, values),)))[1]
+    apply = encode_body(ApplyAns(7, 9, (), values))[1]
+    # FetchAns = list length(4) | kind(4) generation(8) values<4>; ApplyAns puts an (empty)
+    # replicas list between the generation and the same values list.
+    assert fetch[4:16] == apply[:12]
+    assert apply[12:14] == b"\x00\x00"
+    assert fetch[16:] == apply[14:]
+
+
+@pytest.mark.parametrize(
+    ("code", "data"),
+    [
+        (0x8001, b""),
+        (0x8001, b"\x10" + bytes(16) + bytes(12)),  # no operation length
+        (0x8001, b"\x08" + bytes(8) + bytes(12) + bytes(4)),  # 8-byte resource id
+        (0x8001, b"\x10" + bytes(16) + bytes(12) + b"\x00\x00\x00\x02x"),  # short operation
+        (0x8001, b"\x10" + bytes(16) + bytes(12) + bytes(4) + b"!"),  # trailing byte
+        (0x8002, bytes(12)),  # no replicas, no values
+        (0x8002, bytes(12) + b"\x00\x0f" + bytes(15) + bytes(4)),  # replicas not 16-byte ids
+        (0x8002, bytes(12) + bytes(2) + b"\x00\x00\x00\x01" + b"\x00"),  # value of 1 byte
+        (0x8002, bytes(12) + bytes(2) + bytes(4) + b"!"),  # trailing byte
+        (0x8002, bytes(12) + bytes(2) + b"\xff\xff\xff\xff"),  # values of 4 GiB
+    ],
+    ids=lambda v: f"{v:#06x}" if isinstance(v, int) else f"{len(v)}B",
+)
+def test_apply_bodies_reject_malformed(code: int, data: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_body(code, data)
 
 
 def test_empty_answers_reject_trailing_bytes() -> None:
@@ -304,6 +382,8 @@ any_body: st.SearchStrategy[MessageBody] = st.one_of(
     st.builds(RouteQueryAns, ids),
     st.builds(PingReq, small),
     st.builds(PingAns, u64, u64),
+    st.builds(ApplyReq, ids, u32, u64, st.binary(max_size=200)),
+    st.builds(ApplyAns, u32, u64, id_tuples, stored_tuple),
     st.builds(ErrorResponse, u16, small),
     st.builds(RawBody, st.sampled_from([0x19, 0x1A, 0x1D, 0x1E, 0x05, 0x1234]), small),
 )

@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from overlay.codec import decode_message, encode_message
+from overlay.codec import decode_message, encode_body, encode_message
 from overlay.messages import (
     EMPTY_SIGNATURE,
+    ApplyAns,
     FetchAns,
     FetchReq,
     GenericCertificate,
@@ -89,6 +90,8 @@ def _resign(body: MessageBody, sig: Signature) -> MessageBody:
     if isinstance(body, FetchAns):
         fetch = tuple(dataclasses.replace(k, values=values(k.values)) for k in body.kind_responses)
         return dataclasses.replace(body, kind_responses=fetch)
+    if isinstance(body, ApplyAns):
+        return dataclasses.replace(body, values=values(body.values))
     return body
 
 
@@ -121,11 +124,8 @@ def _frame(sequence: int, message: bytes) -> bytes:
     return struct.pack("!BI", 0x80, sequence) + len(message).to_bytes(3, "big") + message
 
 
-def _dissect(
-    tmp_path: Path, msgs: list[Message], *, kinds: bool = True, min_severity: int = PI_ERROR
-) -> list[tuple[int, list[int], list[str], str]]:
-    """(frame number, message codes, expert messages of at least ``min_severity``, malformed)
-    per frame."""
+def _capture(tmp_path: Path, msgs: list[Message]) -> Path:
+    """A TCP capture of ``msgs``, one link-framing DATA frame each."""
     lines = []
     for seq, msg in enumerate(msgs):
         data = encode_message(msg)
@@ -136,37 +136,54 @@ def _dissect(
         lines.append("")
     hexdump, pcap = tmp_path / "frames.txt", tmp_path / "frames.pcapng"
     hexdump.write_text("\n".join(lines) + "\n")
-    assert TEXT2PCAP is not None and TSHARK is not None
+    assert TEXT2PCAP is not None
     subprocess.run(
         [TEXT2PCAP, "-q", "-T", f"40000,{PORT}", str(hexdump), str(pcap)],
         check=True,
         capture_output=True,
         timeout=60,
     )
+    return pcap
+
+
+def _fields(pcap: Path, names: tuple[str, ...], *, kinds: bool = True) -> list[list[str]]:
+    """tshark's values of the fields ``names`` per frame, all occurrences joined by '|'."""
+    assert TSHARK is not None
     cmd = [TSHARK, "-n", "-r", str(pcap), "-d", f"tcp.port=={PORT},reload-framing"]
     for kind in KINDS if kinds else ():
         cmd += ["-o", f"uat:reload_kindids:{kind}"]
     cmd += ["-T", "fields", "-E", "aggregator=|", "-E", "occurrence=a"]
-    for name in (
+    for name in names:
+        cmd += ["-e", name]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    width = len(names)
+    return [(line.split("\t") + [""] * width)[:width] for line in proc.stdout.splitlines()]
+
+
+def _dissect(
+    tmp_path: Path, msgs: list[Message], *, kinds: bool = True, min_severity: int = PI_ERROR
+) -> list[tuple[int, list[int], list[str], str]]:
+    """(frame number, message codes, expert messages of at least ``min_severity``, malformed)
+    per frame."""
+    names = (
         "frame.number",
         "reload.message.code",
         "_ws.expert.severity",
         "_ws.expert.message",
         "_ws.malformed",
-    ):
-        cmd += ["-e", name]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    )
     rows = []
-    for line in proc.stdout.splitlines():
-        number, codes, severities, texts, malformed = (line.split("\t") + [""] * 5)[:5]
+    for number, codes, severities, texts, malformed in _fields(
+        _capture(tmp_path, msgs), names, kinds=kinds
+    ):
         sev = [int(s, 0) for s in severities.split("|") if s]
         msg_texts = texts.split("|") if texts else []
         errors = [t for s, t in zip(sev, msg_texts, strict=False) if s >= min_severity]
         if len(sev) != len(msg_texts):  # keep every item even if a message held a '|'
             errors = [texts] if any(s >= min_severity for s in sev) else []
         rows.append((int(number), [int(c, 0) for c in codes.split("|") if c], errors, malformed))
-    assert len(rows) == len(msgs), proc.stdout
+    assert len(rows) == len(msgs), rows
     return rows
 
 
@@ -180,6 +197,28 @@ def test_every_sent_code_decodes_cleanly_in_wireshark(tmp_path: Path) -> None:
     assert problems == []
     seen = [codes for _, codes, _, _ in rows]
     assert seen == [[m.code] for m in msgs]
+
+
+def test_apply_pair_is_carried_as_an_opaque_body(tmp_path: Path) -> None:
+    """Wireshark 4.0 knows nothing of our private codes 0x8001/0x8002: it must show them as
+    message codes with nothing to report, read the body length we sent, and find the security
+    block right behind the body (the signature value it shows is the one we signed with)."""
+    msgs = [
+        m for m in _sample(signed=True) if m.code in (MessageCode.APPLY_REQ, MessageCode.APPLY_ANS)
+    ]
+    assert {m.code for m in msgs} == {MessageCode.APPLY_REQ, MessageCode.APPLY_ANS}
+    rows = _dissect(tmp_path, msgs, min_severity=0)
+    assert [(codes, errors, malformed) for _, codes, errors, malformed in rows] == [
+        ([m.code], [], "") for m in msgs
+    ]
+    names = ("reload.message.code", "reload.length.32", "reload.opaque.data")
+    seen = _fields(tmp_path / "frames.pcapng", names)
+    for msg, (code, lengths, opaques) in zip(msgs, seen, strict=True):
+        assert int(code, 0) == msg.code
+        body_length = len(encode_body(msg.body)[1])
+        # uint32 lengths in order: ..., message_body, extensions, ...
+        assert str(body_length) in lengths.split("|"), (lengths, body_length)
+        assert opaques.split("|")[-1] == msg.security.signature.value.hex()
 
 
 def test_fetch_keys_only_trip_the_dissector_key_offset_bug(tmp_path: Path) -> None:
