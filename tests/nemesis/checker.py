@@ -78,6 +78,7 @@ class CheckResult:
     resurrected: tuple[Finding, ...]
     divergent: tuple[Finding, ...]
     unanswered: tuple[Finding, ...]
+    stale_lookups: tuple[Finding, ...] = ()  # during the run; informational (faults going on)
 
 
 class Checker:
@@ -89,6 +90,7 @@ class Checker:
         grace: float = MAYBE_GRACE_S,
     ) -> None:
         self.ops = [op for op in ops if op.kind is not OpKind.LOOKUP]
+        self.lookups = [op for op in ops if op.kind is OpKind.LOOKUP and op.outcome is Outcome.OK]
         self.faults = faults
         self.grace = grace
         self.clocks: dict[int, list[ClockChange]] = defaultdict(list)
@@ -201,6 +203,7 @@ class Checker:
             else:
                 undetermined += 1
         divergent, unanswered = self._compare(read)
+        stale = self.stale_lookups(keyed)
         return CheckResult(
             bindings=len(keys),
             must_present=must_present,
@@ -210,7 +213,37 @@ class Checker:
             resurrected=tuple(resurrected),
             divergent=tuple(divergent),
             unanswered=tuple(unanswered),
+            stale_lookups=tuple(stale),
         )
+
+    def stale_lookups(self, keyed: Mapping[tuple[str, str], Sequence[Op]]) -> list[Finding]:
+        """Lookups during the run that returned a binding every possibility says was gone:
+        removed (or expired) by an acknowledged request that ended before the lookup began,
+        with no write of it that could have landed since."""
+        found = []
+        for lookup in self.lookups:
+            for contact in lookup.returned:
+                writes = keyed.get((lookup.aor, contact), ())
+                before = [w for w in writes if w.t_invoke < lookup.t_complete]
+                # An acknowledged write still going on when the lookup began may or may not
+                # show in it: no verdict then.
+                if not before or any(
+                    w.outcome is Outcome.OK and w.t_complete >= lookup.t_invoke for w in before
+                ):
+                    continue
+                window = FinalRead(lookup.t_invoke, lookup.t_complete, {})
+                if self.possible(before, window) == {Final.ABSENT}:
+                    found.append(
+                        self._finding(
+                            lookup.aor,
+                            contact,
+                            f"lookup op {lookup.op_id} through node {lookup.node} at "
+                            f"{lookup.t_invoke:.1f} s returned a removed binding",
+                            before,
+                            (lookup.node,),
+                        )
+                    )
+        return found
 
     def _finding(
         self, aor: str, contact: str, detail: str, writes: Iterable[Op], holders: tuple[int, ...]

@@ -30,7 +30,16 @@ from typing import Any
 import aiohttp
 
 from nemesis.checker import Checker, CheckResult, ClockChange, FaultWindow, FinalRead, Finding
-from nemesis.history import FaultEvent, FaultKind, HistoryLog, Op, OpKind, Outcome, outcome_of
+from nemesis.history import (
+    FaultEvent,
+    FaultKind,
+    HistoryLog,
+    Op,
+    OpKind,
+    Outcome,
+    outcome_of,
+    read_ops,
+)
 from nemesis.nemeses import Episode, schedule
 from nemesis.net import Network, remove_stale
 from nemesis.nodes import Node, NodeState, snapshot_code
@@ -620,6 +629,7 @@ class Harness:
                 read = await self.lookup_everywhere(client)
             finally:
                 client.close()
+            save_check_inputs(cfg.out / "check_inputs.json", read, self.windows, self.clocks)
             checker = Checker(self.ops, self.windows, self.clocks)
             self.result = checker.check(read)
             r = self.result
@@ -656,6 +666,7 @@ class Harness:
             "unhealed": len(self.notes.unhealed),
             "unanswered": len(r.unanswered),
             "crashes": len(self.notes.crashes),
+            "stale_lookups": len(r.stale_lookups),
             "bindings_checked": r.bindings,
             "must_present": r.must_present,
             "must_absent": r.must_absent,
@@ -671,6 +682,7 @@ class Harness:
                 "resurrected": [asdict(f) for f in r.resurrected[:50]],
                 "divergent": [asdict(f) for f in r.divergent[:50]],
                 "unanswered": [asdict(f) for f in r.unanswered[:50]],
+                "stale_lookups": [asdict(f) for f in r.stale_lookups[:50]],
                 "unhealed": self.notes.unhealed,
                 "crashes": self.notes.crashes,
                 "problems": self.notes.problems,
@@ -689,6 +701,47 @@ class Harness:
 
 
 SMOKE_SEED = 14
+
+
+def save_check_inputs(
+    path: Path, read: FinalRead, windows: list[FaultWindow], clocks: list[ClockChange]
+) -> None:
+    """What the checker needs besides the history, so a run can be checked again later."""
+    data = {
+        "read": {
+            "t_start": read.t_start,
+            "t_end": read.t_end,
+            "answers": {
+                aor: {str(n): None if cs is None else sorted(cs) for n, cs in per.items()}
+                for aor, per in read.answers.items()
+            },
+            "short_lived": {aor: sorted(cs) for aor, cs in read.short_lived.items()},
+        },
+        "windows": [asdict(w) for w in windows],
+        "clocks": [asdict(c) for c in clocks],
+    }
+    path.write_text(json.dumps(data) + "\n")
+
+
+def recheck(out: Path) -> CheckResult:
+    """The checker again over a finished run's work directory."""
+    data = json.loads((out / "check_inputs.json").read_text())
+    raw = data["read"]
+    read = FinalRead(
+        raw["t_start"],
+        raw["t_end"],
+        {
+            aor: {int(n): None if cs is None else frozenset(cs) for n, cs in per.items()}
+            for aor, per in raw["answers"].items()
+        },
+        {aor: frozenset(cs) for aor, cs in raw["short_lived"].items()},
+    )
+    checker = Checker(
+        read_ops(out / "history.jsonl"),
+        [FaultWindow(**w) for w in data["windows"]],
+        [ClockChange(**c) for c in data["clocks"]],
+    )
+    return checker.check(read)
 
 
 def smoke_config(out: Path, seed: int = SMOKE_SEED, code: str = "head") -> RunConfig:
@@ -721,12 +774,13 @@ def format_summary(s: dict[str, Any]) -> str:
         f"bindings checked {s['bindings_checked']}: must be present {s['must_present']}, "
         f"must be absent {s['must_absent']}, undetermined {s['undetermined']}",
         f"LOST {s['lost']}  RESURRECTED {s['resurrected']}  DIVERGENT {s['divergent']}  "
-        f"UNHEALED {s['unhealed']}  (unanswered {s['unanswered']}, crashes {s['crashes']})",
+        f"UNHEALED {s['unhealed']}  (unanswered {s['unanswered']}, crashes {s['crashes']}; "
+        f"stale lookups during the faults {s['stale_lookups']})",
         f"heal p50 {s['heal_p50_s']} s, max {s['heal_max_s']} s, final {s['final_heal_s']} s",
         f"nemeses {s['nemesis_counts']}"
         + (f", skipped {s['nemesis_skipped']}" if s["nemesis_skipped"] else ""),
     ]
-    for kind in ("lost", "resurrected", "divergent", "unanswered"):
+    for kind in ("lost", "resurrected", "divergent", "unanswered", "stale_lookups"):
         for f in s["details"][kind][:5]:
             lines.append(f"  {kind}: {f['aor']} {f['contact'] or ''} {f['detail']}")
     for u in s["details"]["unhealed"]:
@@ -785,7 +839,18 @@ def main(argv: list[str] | None = None) -> int:
         default="head",
         help="what the nodes run: the last commit (default) or the checkout's files as they are",
     )
+    parser.add_argument(
+        "--recheck", type=Path, metavar="DIR", help="only run the checker again over DIR's run"
+    )
     args = parser.parse_args(argv)
+    if args.recheck is not None:
+        result = recheck(args.recheck)
+        for name in ("lost", "resurrected", "divergent", "unanswered", "stale_lookups"):
+            findings = getattr(result, name)
+            print(f"{name}: {len(findings)}")
+            for finding in findings:
+                print(json.dumps(asdict(finding)))
+        return 0
     if args.smoke and args.seed is None:
         args.seed = SMOKE_SEED
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
