@@ -109,11 +109,37 @@ class RequestFailed:
 
 @dataclass(frozen=True, slots=True)
 class LocalAnswer:
-    """The answer to a Store this peer took without a message (``Replicator.store_here``):
-    an action like a Send, so a durable runtime holds it back until the write is flushed."""
+    """The answer to a data request submitted by this node's own application
+    (``OverlayCore.submit``), served here or through the ring: an action like a Send, so a
+    durable runtime holds it back behind a ``Flush`` until the write is on disk."""
 
     token: int
     body: MessageBody
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """A durability barrier: every action after it waits until the record store has been
+    flushed to disk (every write made so far). The runtime flushes, then releases them; the
+    simulator's stores are as durable as it wants them to be."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRequested:
+    """A peer asked to join in our range (start, joining]: hand its records over, then call
+    ``ChordPeer.admit(joining, now)`` (only with ``hand_over=True``)."""
+
+    joining: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRequested:
+    """We are leaving: hand our records to ``successor``, then call
+    ``ChordPeer.proceed_leave(now)`` (only with ``hand_over=True``)."""
+
+    successor: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,16 +158,21 @@ Event = (
     | RequestCompleted
     | RequestFailed
     | LocalAnswer
+    | AdmissionRequested
+    | LeaveRequested
     | Dropped
 )
-Action = Send | Event
+Action = Send | Flush | Event
 
 __all__ = [
     "Action",
     "Address",
+    "AdmissionRequested",
     "AppRequest",
     "Dropped",
     "Event",
+    "Flush",
+    "LeaveRequested",
     "LocalAnswer",
     "LossReason",
     "MessageBody",

@@ -23,8 +23,12 @@ Choices worth knowing:
 - Candidates heard of in an Update are Attached through the neighbour that listed them
   (destination list [neighbour, candidate]): that neighbour knows their address, and routing
   alone cannot reach a peer inside a range we still believe is ours.
-- Storage hooks: ``admission_hook`` runs before a joining peer becomes our predecessor (it is
-  not reachable until ``admit``), ``leave_hook`` before the LeaveReqs (``proceed_leave``).
+- Storage hand-over (``hand_over=True``, what ``overlay.core.OverlayCore`` asks for when it
+  stacks a replicator on the peer): a joining peer becomes our predecessor (reachable) only
+  when ``admit`` is called after ``AdmissionRequested``, and our LeaveReqs go out only when
+  ``proceed_leave`` is called after ``LeaveRequested``. The peer knows nothing of storage:
+  Store and Fetch reach the layer above as ``AppRequest``, like every request it does not
+  handle itself.
 """
 
 from __future__ import annotations
@@ -36,14 +40,15 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from overlay import probe
 from overlay.actions import (
     Action,
     Address,
+    AdmissionRequested,
     AppRequest,
     Dropped,
+    LeaveRequested,
     LossReason,
     NeighborsChanged,
     PeerLost,
@@ -63,7 +68,6 @@ from overlay.messages import (
     Destination,
     ErrorCode,
     ErrorResponse,
-    FetchReq,
     ForwardingHeader,
     IceCandidate,
     IpAddressPort,
@@ -83,7 +87,6 @@ from overlay.messages import (
     ResourceDestination,
     RouteQueryAns,
     RouteQueryReq,
-    StoreReq,
     UpdateAns,
     UpdateReq,
     overlay_hash,
@@ -92,7 +95,7 @@ from overlay.messages import (
 INF = math.inf
 
 # What an outstanding request of ours is for.
-_APP, _CAND, _FINGER, _JOIN, _UPDATE, _LEAVE, _DATA = range(7)
+_APP, _CAND, _FINGER, _JOIN, _UPDATE, _LEAVE = range(6)
 
 DUPLICATE_ID_REASON = "node id already in the ring"
 _UPDATE_ANS = UpdateAns()  # immutable and empty: every answer shares it
@@ -129,26 +132,6 @@ class _Pending:
         self.hop: int | None = None
 
 
-class DataPlane(Protocol):
-    """The storage side of a peer (``overlay.replication.Replicator``), attached with
-    ``ChordPeer.attach_data_plane``. Store and Fetch requests delivered to this peer go to it
-    (not ``AppRequest``); the answers to its own requests (``request_internal``) come back to
-    it; it hears of neighbour changes and is ticked with the peer. It must not call back into
-    the peer's list maintenance from ``on_neighbors`` (schedule work for ``tick`` instead)."""
-
-    def on_request(self, message: Message, now: float) -> None: ...
-
-    def on_answer(self, transaction_id: int, message: Message, now: float) -> None: ...
-
-    def on_failed(self, transaction_id: int, reason: str, now: float) -> None: ...
-
-    def on_neighbors(self, now: float) -> None: ...
-
-    def tick(self, now: float) -> None: ...
-
-    def next_deadline(self) -> float | None: ...
-
-
 def _node_of(dest: Destination) -> int | None:
     return dest.node_id if isinstance(dest, NodeDestination) else None
 
@@ -169,9 +152,12 @@ class ChordPeer:
         *,
         exp_probe: Callable[[], dict[str, object]] | None = None,
         num_resources: Callable[[], int] | None = None,
+        hand_over: bool = False,
     ) -> None:
         """``exp_probe`` returns this node's own extra data for Probe answers (admin/sip
-        addresses, version…); ``num_resources`` counts stored records (0 without a store)."""
+        addresses, version…); ``num_resources`` counts stored records (0 without a store);
+        ``hand_over``: wait for ``admit``/``proceed_leave`` after ``AdmissionRequested`` and
+        ``LeaveRequested`` (a layer above moves the records first)."""
         self._id = node_id & MASK
         self._me = NodeDestination(self._id)
         self._address = address
@@ -183,13 +169,7 @@ class ChordPeer:
         self._overlay = overlay_hash(config.overlay_name)
         self._exp_probe = exp_probe
         self._num_resources = num_resources
-        # Storage hooks. ``admission_hook(joining_id, range_start, range_end)`` is called before
-        # a joining peer becomes our predecessor (reachable); return True to admit at once, or
-        # False and call ``admit(joining_id, now)`` once its data is handed over.
-        # ``leave_hook(successor)`` is called before LeaveReq goes out; True = go on at once,
-        # False = call ``proceed_leave(now)`` when the data is handed to the successor.
-        self.admission_hook: Callable[[int, int, int], bool] | None = None
-        self.leave_hook: Callable[[int | None], bool] | None = None
+        self._hand_over = hand_over
 
         self._state = PeerState.INIT
         self._started = 0.0
@@ -220,8 +200,6 @@ class ChordPeer:
         self._pred_hint: int | None = None
         self._hint_until = -INF
         self._awaiting_admission: dict[int, Message] = {}
-        self._data: DataPlane | None = None
-        self._now = 0.0  # the time of the input being handled, for the hooks (they take none)
         # timers
         self._t_ping = INF
         self._t_update = INF
@@ -264,8 +242,7 @@ class ChordPeer:
 
     def leave(self, now: float) -> None:
         """Graceful leave: LeaveReq to every neighbour, then state LEFT (after answers or
-        ``leave_timeout``)."""
-        self._now = now
+        ``leave_timeout``). With ``hand_over`` the LeaveReqs wait for ``proceed_leave``."""
         if self._state in (PeerState.LEAVING, PeerState.LEFT):
             return
         if self._state in (PeerState.INIT, PeerState.JOINING):
@@ -276,8 +253,9 @@ class ChordPeer:
         self._t_ping = self._t_update = self._t_finger = self._t_fast = self._t_join = INF
         self._t_announce = INF
         self._t_leave = INF  # runs from the LeaveReqs, after the data handoff
-        hook = self.leave_hook
-        if hook is None or hook(self._succ[0] if self._succ else None):
+        if self._hand_over:
+            self._actions.append(LeaveRequested(self._succ[0] if self._succ else None))
+        else:
             self.proceed_leave(now)
 
     def proceed_leave(self, now: float) -> None:
@@ -297,24 +275,11 @@ class ChordPeer:
             self._become_left()
 
     def admit(self, joining_id: int, now: float) -> None:
-        """Finish admitting a joining peer once the storage hook has handed it its data."""
+        """Finish admitting a joining peer once its records are handed over."""
         request = self._awaiting_admission.pop(joining_id, None)
         if request is not None:
             self._complete_admission(joining_id, now)
             self._finish(now)
-
-    def attach_data_plane(self, data: DataPlane) -> None:
-        """Route Store/Fetch requests delivered here to ``data`` instead of ``AppRequest``."""
-        self._data = data
-
-    def request_internal(
-        self, destinations: Sequence[Destination], body: MessageBody, now: float
-    ) -> int | None:
-        """Originate a request for the data plane: its answer goes to ``DataPlane.on_answer``
-        (or ``on_failed``), not to the application. None when the peer cannot send."""
-        if self._state in (PeerState.INIT, PeerState.LEFT) or not destinations:
-            return None
-        return self._originate(tuple(destinations), body, now, _DATA, 0)
 
     def request(self, destinations: Sequence[Destination], body: MessageBody, now: float) -> int:
         """Originate a request; returns its transaction id. Its answer arrives as
@@ -334,7 +299,6 @@ class ChordPeer:
 
     # ================================================================== inputs
     def receive(self, message: Message, now: float) -> None:
-        self._now = now
         state = self._state
         if state is PeerState.INIT or state is PeerState.LEFT:
             return
@@ -395,13 +359,6 @@ class ChordPeer:
         while self._rtx and self._rtx[0][0] <= now:
             _, tid = heapq.heappop(self._rtx)
             self._retransmit(tid, now)
-        data = self._data
-        if data is not None:
-            due = data.next_deadline()
-            if due is not None and due <= now:
-                data.tick(now)
-                if self._state is PeerState.LEFT:
-                    return
         if self._t_leave <= now:
             self._t_leave = INF
             if state is PeerState.LEAVING:
@@ -462,11 +419,6 @@ class ChordPeer:
         rtx = self._rtx
         if rtx and rtx[0][0] < t:
             t = rtx[0][0]
-        data = self._data
-        if data is not None and self._state is not PeerState.LEFT:
-            due = data.next_deadline()
-            if due is not None and due < t:
-                t = due
         if t == INF and self._dup_q:
             t = self._dup_q[0][0]  # otherwise the periodic ticks purge the duplicate cache
         return None if t == INF else t
@@ -479,11 +431,6 @@ class ChordPeer:
     @property
     def node_id(self) -> int:
         return self._id
-
-    @property
-    def input_time(self) -> float:
-        """The ``now`` of the input being handled (what a storage hook runs at)."""
-        return self._now
 
     @property
     def successors(self) -> tuple[int, ...]:
@@ -756,12 +703,11 @@ class ChordPeer:
             self._send_answer(message, ErrorResponse(code, text.encode()), now)
 
     def _deliver_error_locally(self, message: Message, code: int, text: str) -> None:
-        pending = self._pending.pop(message.header.transaction_id, None)
-        if pending is not None and pending.purpose == _DATA:
-            if self._data is not None:
-                self._data.on_failed(message.header.transaction_id, text, 0.0)
-            return
-        self._actions.append(RequestFailed(message.header.transaction_id, text))
+        tid = message.header.transaction_id
+        pending = self._pending.pop(tid, None)
+        if pending is not None:
+            self._transaction_ended(pending, tid)
+        self._actions.append(RequestFailed(tid, text))
 
     # ================================================================== delivery
     def _deliver(self, message: Message, now: float) -> None:
@@ -801,11 +747,7 @@ class ChordPeer:
         else:
             self._dup[key] = None
             self._dup_q.append((now + self._cfg.duplicate_window, key))
-            data = self._data
-            if data is not None and isinstance(body, StoreReq | FetchReq):
-                data.on_request(message, now)
-            else:
-                self._actions.append(AppRequest(message))
+            self._actions.append(AppRequest(message))
 
     def _on_response(self, message: Message, now: float) -> None:
         tid = message.header.transaction_id
@@ -822,9 +764,6 @@ class ChordPeer:
         self._transaction_ended(pending, tid)
         if purpose == _APP:
             self._actions.append(RequestCompleted(tid, message))
-        elif purpose == _DATA:
-            if self._data is not None:
-                self._data.on_answer(tid, message, now)
         elif purpose in (_CAND, _FINGER) and isinstance(body, AttachAns) and responder is not None:
             self._on_attach_answer(pending, responder, body, now)
         elif purpose == _JOIN and isinstance(body, ErrorResponse):
@@ -871,9 +810,6 @@ class ChordPeer:
         self._transaction_ended(pending, tid)
         if purpose == _APP:
             self._actions.append(RequestFailed(tid, "no answer within the request lifetime"))
-        elif purpose == _DATA:
-            if self._data is not None:
-                self._data.on_failed(tid, "no answer within the request lifetime", now)
         elif purpose == _JOIN:
             self._restart_join(now)
 
@@ -1269,11 +1205,11 @@ class ChordPeer:
         self._revive(joining)
         self._heard[joining] = now
         start = self._pred[0] if self._pred else self._id
-        hook = self.admission_hook
-        if hook is None or hook(joining, start, joining):
+        if not self._hand_over:
             self._complete_admission(joining, now)
-        else:
+        elif joining not in self._awaiting_admission:
             self._awaiting_admission[joining] = message
+            self._actions.append(AdmissionRequested(joining, start, joining))
 
     def _complete_admission(self, joining: int, now: float) -> None:
         self._consider(joining)
@@ -1489,8 +1425,6 @@ class ChordPeer:
         if state is not PeerState.JOINED:
             return
         self._actions.append(NeighborsChanged(tuple(self._pred), tuple(self._succ)))
-        if self._data is not None:
-            self._data.on_neighbors(now)
         # The ring grew around us: fingers that used to be successors are far now.
         if self._t_fast == INF and any(i not in self._far for i in range(1, self._far_count() + 1)):
             self._campaign = now

@@ -1,10 +1,12 @@
 """Replication and handoff of records (RFC 6940 §10.4, §10.5, §10.7) as a sans-I/O component.
 
-The ``Replicator`` is the data plane of one ``ChordPeer``: Store and Fetch requests delivered
-to the peer come here, its own requests go out through ``ChordPeer.request_internal`` and it
-is ticked with the peer. The record store is reached through ``RecordBackend`` (in practice a
-``storage.RecordStore``). No clock is read: times come in as ``now`` (seconds, monotonic) and
-become store times as ``(now + epoch_offset) * 1000`` ms.
+The ``Replicator`` is the data plane stacked on one ``ChordPeer`` by ``overlay.core``: the
+composition feeds it what the peer reports (Store and Fetch requests delivered to the peer,
+the answers to its own requests, neighbour changes, admissions and the leave) and it calls the
+peer's commands (``request``, ``respond``, ``admit``, ``proceed_leave``). The record store is
+reached through ``RecordBackend`` (in practice a ``storage.RecordStore``). No clock is read:
+times come in as ``now`` (seconds, monotonic) and become store times as
+``(now + epoch_offset) * 1000`` ms.
 
 Rules (each one an answer to "how could an acknowledged write be lost?"):
 
@@ -135,7 +137,7 @@ def _responder(message: Message) -> int | None:
 
 
 class Replicator:
-    """The data plane of ``peer``; attaches itself (Store/Fetch, hooks, timers) on creation.
+    """The data plane stacked on ``peer`` (which must have been made with ``hand_over=True``).
 
     ``now`` is the peer's clock at creation; ``epoch_offset`` turns it into wall-clock time
     for the store (the runtime passes ``time.time() - time.monotonic()``; the simulator 0).
@@ -156,8 +158,7 @@ class Replicator:
         self._offset = epoch_offset
         self._me = peer.node_id
         self._waiting: dict[int, Callback] = {}
-        self._early: dict[int, Message | None] = {}
-        self._local: list[LocalAnswer] = []  # answers to store_here, for the runtime
+        self._local: list[LocalAnswer] = []  # answers to serve_local, for the composition
         self._timers: list[tuple[float, int, Callable[[float], None]]] = []
         self._seq = 0
         self._queue: deque[tuple[tuple[Destination, ...], StoreReq, Callback]] = deque()
@@ -201,9 +202,6 @@ class Replicator:
             ),
             0,
         )
-        peer.attach_data_plane(self)
-        peer.admission_hook = self._admission
-        peer.leave_hook = self._leave_hook
         spread = (self._me % 1000) / 1000.0  # peers' periodic rounds do not all coincide
         cfg = self.config
         self._at(now + cfg.anti_entropy_interval * (0.5 + spread / 2), self._ae_round)
@@ -233,7 +231,11 @@ class Replicator:
         """Bulk transfers or synchronisations in flight (for tests and metrics)."""
         return bool(self._queue or self._in_flight or self._syncs or self._garbage_busy)
 
-    # ------------------------------------------------------------------ DataPlane
+    # ------------------------------------------------------------------ fed by the composition
+    def owns(self, transaction_id: int) -> bool:
+        """Whether an answer (or failure) of this transaction id is ours to handle."""
+        return transaction_id in self._waiting
+
     def on_request(self, message: Message, now: float) -> None:
         body = message.body
         if isinstance(body, FetchReq):
@@ -246,17 +248,13 @@ class Replicator:
 
     def on_answer(self, transaction_id: int, message: Message, now: float) -> None:
         cb = self._waiting.pop(transaction_id, None)
-        if cb is None:
-            self._early[transaction_id] = message
-            return
-        cb(message, now)
+        if cb is not None:
+            cb(message, now)
 
     def on_failed(self, transaction_id: int, reason: str, now: float) -> None:
         cb = self._waiting.pop(transaction_id, None)
-        if cb is None:
-            self._early[transaction_id] = None
-            return
-        cb(None, now)
+        if cb is not None:
+            cb(None, now)
 
     def on_neighbors(self, now: float) -> None:
         self._last_change = now
@@ -280,15 +278,9 @@ class Replicator:
     def _send(
         self, dests: tuple[Destination, ...], body: MessageBody, now: float, cb: Callback
     ) -> None:
-        tid = self.peer.request_internal(dests, body, now)
-        if tid is None:
-            self._at(now, lambda t: cb(None, t))
-            return
-        if tid in self._early:
-            early = self._early.pop(tid)
-            self._at(now, lambda t: cb(early, t))
-            return
-        self._waiting[tid] = cb
+        # Whatever happens to it (answered here, routed, refused) comes back as an event that
+        # the composition hands to on_answer/on_failed after this call returns.
+        self._waiting[self.peer.request(dests, body, now)] = cb
 
     def _enqueue(self, dests: tuple[Destination, ...], req: StoreReq, cb: Callback) -> None:
         self._queue.append((dests, req, cb))
@@ -366,20 +358,38 @@ class Replicator:
             answer = ErrorResponse(exc.code, exc.info)
         self._respond(message, answer, now)
 
-    def fetch_here(self, req: FetchReq, now: float) -> MessageBody | None:
-        """The answer to a Fetch for a resource this peer is responsible for, read without a
-        message: what routing the request to ourselves would deliver (``_on_fetch``), minus the
-        overlay bookkeeping. None when the resource is not ours: it must go through the ring."""
-        specs = req.specifiers
-        if (specs and specs[0].kind == ANTI_ENTROPY_KIND) or not self.peer.is_responsible(
-            req.resource
-        ):
-            return None
-        self.counters["fetches"] += 1
-        try:
-            return FetchAns(self.backend.fetch(req.resource, specs, self.ms(now)))
-        except StoreRejected as exc:
-            return ErrorResponse(exc.code, exc.info)
+    def serve_local(self, token: int, body: StoreReq | FetchReq, now: float) -> bool:
+        """Serve a Fetch or an original Store of this node's own application without an
+        overlay message when this peer is responsible for its resource: the same rules (and
+        for a Store the same replica round) as a request routed here. Its answer comes out of
+        ``take_local`` as ``LocalAnswer(token, body)``. False (nothing done) when the resource
+        is not ours right now: the composition routes it through the ring instead."""
+        peer = self.peer
+        if peer.state is not PeerState.JOINED or not peer.is_responsible(body.resource):
+            return False
+
+        def reply(answer: MessageBody, _now: float) -> None:
+            self._local.append(LocalAnswer(token, answer))
+
+        if isinstance(body, FetchReq):
+            specs = body.specifiers
+            if specs and specs[0].kind == ANTI_ENTROPY_KIND:
+                return False
+            self.counters["fetches"] += 1
+            try:
+                reply(FetchAns(self.backend.fetch(body.resource, specs, self.ms(now))), now)
+            except StoreRejected as exc:
+                reply(ErrorResponse(exc.code, exc.info), now)
+            return True
+        if body.replica_number != 0:
+            return False
+        self._original(body, now, reply)
+        return True
+
+    def take_local(self) -> list[LocalAnswer]:
+        answers = self._local
+        self._local = []
+        return answers
 
     def _anti_entropy_answer(self, spec: StoredDataSpecifier, now: float) -> MessageBody:
         ms = self.ms(now)
@@ -420,30 +430,6 @@ class Replicator:
         return FetchAns((FetchKindResponse(ANTI_ENTROPY_KIND, 0, tuple(values)),))
 
     # ------------------------------------------------------------------ stores
-    def store_here(self, req: StoreReq, now: float, token: int) -> bool:
-        """Take an original store for a resource this peer is responsible for without a
-        message: the same rules and replica round as one routed to ourselves, but its answer
-        comes out of ``take_local_answers`` as ``LocalAnswer(token, body)``. False (nothing
-        done) when the resource is not ours right now: send it through the ring instead."""
-        peer = self.peer
-        if (
-            req.replica_number != 0
-            or peer.state is not PeerState.JOINED
-            or not peer.is_responsible(req.resource)
-        ):
-            return False
-
-        def reply(body: MessageBody, _now: float) -> None:
-            self._local.append(LocalAnswer(token, body))
-
-        self._original(req, now, reply)
-        return True
-
-    def take_local_answers(self) -> list[LocalAnswer]:
-        answers = self._local
-        self._local = []
-        return answers
-
     def _on_original(self, message: Message, req: StoreReq, now: float) -> None:
         def reply(body: MessageBody, t: float) -> None:
             self._respond(message, body, t)
@@ -575,17 +561,18 @@ class Replicator:
         return outcome
 
     # ------------------------------------------------------------------ join and leave
-    def _admission(self, joining: int, start: int, end: int) -> bool:
-        now = self.peer.input_time
+    def on_admission(self, joining: int, start: int, end: int, now: float) -> None:
+        """Hand (start, end] to the joining peer, then admit it (``ChordPeer.admit``)."""
         if joining in self._handoffs:
-            return False  # a JoinReq again while its handoff runs
+            return  # a JoinReq again while its handoff runs
         reqs = list(
             self.backend.store_reqs(
                 start, end, self.ms(now), 1, max_values=self.config.batch_values
             )
         )
         if not reqs:
-            return True
+            self.peer.admit(joining, now)
+            return
         handoff = _Handoff(joining, start, end, len(reqs))
         self._handoffs[joining] = handoff
         for req in reqs:
@@ -593,7 +580,6 @@ class Replicator:
             self._enqueue((NodeDestination(joining),), req, self._handoff_answer(handoff))
         self._pump(now)
         self._at(now + self.config.handoff_timeout, lambda t: self._admit(handoff, t))
-        return False
 
     def _handoff_answer(self, handoff: _Handoff) -> Callback:
         def answered(message: Message | None, now: float) -> None:
@@ -601,8 +587,7 @@ class Replicator:
             if message is None or not isinstance(message.body, StoreAns):
                 handoff.failed += 1
             if handoff.outstanding <= 0:
-                # Admitted from a timer: never from inside the peer's own answer handling.
-                self._at(now, lambda t: self._admit(handoff, t))
+                self._admit(handoff, now)
 
         return answered
 
@@ -614,17 +599,20 @@ class Replicator:
             del self._handoffs[handoff.to]
         self.peer.admit(handoff.to, now)
 
-    def _leave_hook(self, successor: int | None) -> bool:
-        now = self.peer.input_time
+    def on_leave(self, successor: int | None, now: float) -> None:
+        """Hand every primary record to ``successor``, then let the peer send its LeaveReqs
+        (``ChordPeer.proceed_leave``)."""
         span = self.peer.responsible_range()
         if successor is None or span is None:
-            return True
+            self.peer.proceed_leave(now)
+            return
         lo, me = span
         reqs = list(
             self.backend.store_reqs(lo, me, self.ms(now), 1, max_values=self.config.batch_values)
         )
         if not reqs:
-            return True
+            self.peer.proceed_leave(now)
+            return
         leave = _Handoff(successor, lo, me, len(reqs))
         self._leave = leave
         for req in reqs:
@@ -632,7 +620,6 @@ class Replicator:
             self._enqueue((NodeDestination(successor),), req, self._leave_answer(leave))
         self._pump(now)
         self._at(now + self.config.handoff_timeout, lambda t: self._proceed_leave(leave, t))
-        return False
 
     def _leave_answer(self, leave: _Handoff) -> Callback:
         def answered(message: Message | None, now: float) -> None:
@@ -640,7 +627,7 @@ class Replicator:
             if message is None or not isinstance(message.body, StoreAns):
                 leave.failed += 1
             if leave.outstanding <= 0:
-                self._at(now, lambda t: self._proceed_leave(leave, t))
+                self._proceed_leave(leave, now)
 
         return answered
 

@@ -33,6 +33,7 @@ from overlay.actions import (
     AppRequest,
     Dropped,
     Event,
+    Flush,
     LocalAnswer,
     NeighborsChanged,
     PeerLost,
@@ -52,6 +53,7 @@ from overlay.codec import (
     oversized_answer,
 )
 from overlay.config import ChordConfig
+from overlay.core import OverlayCore
 from overlay.messages import (
     Destination,
     ErrorCode,
@@ -141,7 +143,6 @@ class OverlayRuntime:
         self._backend = backend
         self._durable = durability == "sync" and backend is not None
         self._replication = replication
-        self._replicator: Replicator | None = None
         self._held: list[Action] = []  # actions waiting for a flush
         self._flush_needed = False
         self._flusher: asyncio.Task[None] | None = None
@@ -163,7 +164,7 @@ class OverlayRuntime:
             client_ssl_context=client_ssl_context,
             config=link_config,
         )
-        self._peer: ChordPeer | None = None
+        self._core: OverlayCore | None = None
         self._address: Address | None = None
         self._listeners: list[Callable[[Event], None]] = []
         self._requests: dict[int, asyncio.Future[Message]] = {}
@@ -203,14 +204,18 @@ class OverlayRuntime:
         return self._address
 
     @property
-    def peer(self) -> ChordPeer:
-        if self._peer is None:
+    def core(self) -> OverlayCore:
+        if self._core is None:
             raise RuntimeError("the runtime is not started")
-        return self._peer
+        return self._core
+
+    @property
+    def peer(self) -> ChordPeer:
+        return self.core.peer
 
     @property
     def state(self) -> PeerState:
-        return self._peer.state if self._peer is not None else PeerState.INIT
+        return self._core.state if self._core is not None else PeerState.INIT
 
     @property
     def counters(self) -> dict[str, int]:
@@ -218,14 +223,15 @@ class OverlayRuntime:
         layer's own counters are included with a ``link.`` prefix."""
         merged = dict(self._counters)
         merged.update({f"link.{k}": v for k, v in self._links.counters.items()})
-        if self._replicator is not None:
-            merged.update({f"replication.{k}": v for k, v in self._replicator.counters.items()})
+        replicator = self.replicator
+        if replicator is not None:
+            merged.update({f"replication.{k}": v for k, v in replicator.counters.items()})
         return merged
 
     @property
     def replicator(self) -> Replicator | None:
         """The data plane when a backend was given (counts, counters)."""
-        return self._replicator
+        return self._core.replicator if self._core is not None else None
 
     @property
     def links(self) -> LinkLayer:
@@ -235,7 +241,7 @@ class OverlayRuntime:
         return self._links.stats()
 
     def view(self) -> PeerView:
-        return self.peer.view(self._clock())
+        return self.core.view(self._clock())
 
     def add_listener(self, cb: Callable[[Event], None]) -> None:
         self._listeners.append(cb)
@@ -244,25 +250,21 @@ class OverlayRuntime:
     async def start(self, bootstrap: Sequence[Address] = ()) -> Address:
         """Bind, then create the peer (it needs the bound address) and start or join."""
         self._address = await self._links.start()
-        self._peer = ChordPeer(
+        now = self._clock()
+        self._core = OverlayCore(
             self._node_id,
             self._address,
             self._config,
             self._rng,
+            now=now,
+            backend=self._backend,
+            replication=self._replication,
+            epoch_offset=time.time() - now,
             exp_probe=self._exp_probe,
             num_resources=self._num_resources,
         )
-        if self._backend is not None:
-            now = self._clock()
-            self._replicator = Replicator(
-                self._peer,
-                self._backend,
-                self._replication,
-                now=now,
-                epoch_offset=time.time() - now,
-            )
         self._timer = asyncio.create_task(self._timer_loop(), name=f"chord-{_short(self._node_id)}")
-        self._call(lambda peer, now: peer.start(now, tuple(bootstrap)))
+        self._call(lambda core, now: core.start(now, tuple(bootstrap)))
         log.info("node %s listening on %s", _short(self._node_id), self._address)
         return self._address
 
@@ -282,9 +284,9 @@ class OverlayRuntime:
         """Originate a request and return its answer (which may carry an ErrorResponse)."""
         if self._closed:
             raise OverlayRequestError("runtime closed")
-        peer = self.peer
+        core = self.core
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        transaction_id = peer.request(tuple(destinations), body, self._clock())
+        transaction_id = core.request(tuple(destinations), body, self._clock())
         self._requests[transaction_id] = future
         self._drain()
         return await self._within(future, timeout, lambda: self._requests.pop(transaction_id, None))
@@ -308,28 +310,20 @@ class OverlayRuntime:
 
     async def ask(self, body: StoreReq | FetchReq, timeout: float) -> MessageBody:
         """One Store or Fetch at ``body.resource``; returns the answer's body (which may be an
-        ErrorResponse). When this node is responsible for the resource it is served here with
-        no overlay message: a Fetch read on the spot, an original Store taken by the
-        replicator under the same rules (replica copies, and the flush before the answer in
-        sync durability). Otherwise it is routed through the ring like :meth:`request`.
-        OverlayRequestError when no answer came within ``timeout`` s."""
-        replicator = self._replicator
-        if replicator is not None and not self._closed:
-            if isinstance(body, FetchReq):
-                answer = replicator.fetch_here(body, self._clock())
-                if answer is not None:
-                    return answer
-            else:
-                token = self._next_token
-                self._next_token += 1
-                future: asyncio.Future[MessageBody] = asyncio.get_running_loop().create_future()
-                self._local[token] = future
-                if replicator.store_here(body, self._clock(), token):
-                    self._drain()
-                    return await self._within(future, timeout, lambda: self._local.pop(token))
-                del self._local[token]
-        message = await self.request([ResourceDestination(body.resource)], body, timeout)
-        return message.body
+        ErrorResponse, Request_Timeout when the ring gave up on it). When this node is
+        responsible for the resource it is served here with no overlay message, under the same
+        rules (replica copies, and the flush before the answer in sync durability); otherwise
+        it goes through the ring. OverlayRequestError when no answer came within ``timeout``."""
+        if self._closed:
+            raise OverlayRequestError("runtime closed")
+        core = self.core
+        token = self._next_token
+        self._next_token += 1
+        future: asyncio.Future[MessageBody] = asyncio.get_running_loop().create_future()
+        self._local[token] = future
+        core.submit(token, body, self._clock())
+        self._drain()
+        return await self._within(future, timeout, lambda: self._local.pop(token, None))
 
     async def data_request(
         self, body: StoreReq | FetchReq, timeout: float = 10.0, backoff: float = 0.2
@@ -355,9 +349,9 @@ class OverlayRuntime:
 
     async def leave(self, timeout: float = 10.0) -> None:
         """Graceful: the peer tells its neighbours, we wait for LEFT, then close sockets."""
-        if self._peer is not None and not self._closed:
+        if self._core is not None and not self._closed:
             if self.state not in (PeerState.LEAVING, PeerState.LEFT):
-                self._call(lambda peer, now: peer.leave(now))
+                self._call(lambda core, now: core.leave(now))
             try:
                 await self.wait_state(PeerState.LEFT, timeout)
             except TimeoutError:
@@ -393,11 +387,11 @@ class OverlayRuntime:
         self._local.clear()
 
     # --- feeding the peer -------------------------------------------------------
-    def _call(self, fn: Callable[[ChordPeer, float], object]) -> None:
-        if self._peer is None or self._closed:
+    def _call(self, fn: Callable[[OverlayCore, float], object]) -> None:
+        if self._core is None or self._closed:
             return
         try:
-            fn(self._peer, self._clock())
+            fn(self._core, self._clock())
         except Exception:
             # A peer bug on one input must not take the node down; it is loud in the log.
             self._counters["peer_errors"] += 1
@@ -405,7 +399,7 @@ class OverlayRuntime:
         self._drain()
 
     def _on_payload(self, link: Link, data: bytes) -> None:
-        if self._peer is None or self._closed:
+        if self._core is None or self._closed:
             return
         try:
             message = decode_message(data)
@@ -427,7 +421,7 @@ class OverlayRuntime:
                     f"overlay {header.overlay:#010x} is not {self._overlay:#010x}",
                 )
             return
-        self._call(lambda peer, now: peer.receive(message, now))
+        self._call(lambda core, now: core.receive(message, now))
 
     def _undecodable(self, link: Link, data: bytes, err: CodecError) -> None:
         self._counters["decode_errors"] += 1
@@ -461,40 +455,38 @@ class OverlayRuntime:
 
     def _on_link_failed(self, node_id: int | None, address: Address | None) -> None:
         self._counters["link_failures"] += 1
-        self._call(lambda peer, now: peer.link_failed(node_id, address, now))
+        self._call(lambda core, now: core.link_failed(node_id, address, now))
 
     # --- executing the peer's actions -------------------------------------------
     def _drain(self) -> None:
-        peer = self._peer
-        if peer is None:
+        core = self._core
+        if core is None:
             return
-        replicator = self._replicator
-        while True:
-            actions = peer.take_actions()
-            if replicator is not None:
-                actions += replicator.take_local_answers()
-            if not actions:
-                break
-            wrote = replicator is not None and replicator.take_dirty()
-            if self._durable and (wrote or self._flusher is not None):
-                # Behind the barrier: out only after a flush that covers every write so far.
-                self._held.extend(actions)
-                self._flush_needed = self._flush_needed or wrote
-                if self._flusher is None:
+        actions = core.take_actions()
+        if actions:
+            if self._flusher is not None:
+                self._held.extend(actions)  # behind a barrier already: keep the order
+            else:
+                barrier = _first_flush(actions) if self._durable else None
+                if barrier is None:
+                    self._execute(actions)
+                else:
+                    self._execute(actions[:barrier])
+                    self._held = actions[barrier:]
                     self._flusher = asyncio.create_task(self._flush_loop())
-                continue
-            self._execute(actions)
         self._rearm()
 
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 self._send(action)
-            else:
+            elif not isinstance(action, Flush):
                 self._event(action)
 
     async def _flush_loop(self) -> None:
-        """Flush, then release what waited for it; again while writes came in meanwhile."""
+        """At a barrier: flush, then release what waited for it; again for barriers that came
+        in meanwhile. One flush covers every barrier present when it starts: their writes were
+        made (on this thread) before they were queued."""
         backend = self._backend
         assert backend is not None
         if self._flush_pool is None:
@@ -502,12 +494,12 @@ class OverlayRuntime:
         loop = asyncio.get_running_loop()
         try:
             while self._held and not self._closed:
-                if not self._flush_needed:
-                    batch, self._held = self._held, []
-                    self._execute(batch)
+                held, self._held = self._held, []
+                barrier = _first_flush(held)
+                if barrier is None:
+                    self._execute(held)
                     continue
-                batch, self._held = self._held, []
-                self._flush_needed = False
+                self._execute(held[:barrier])
                 try:
                     await loop.run_in_executor(self._flush_pool, backend.flush)
                 except Exception:
@@ -516,7 +508,7 @@ class OverlayRuntime:
                     log.exception("flushing the record store failed; answers dropped")
                     continue
                 self._counters["fsyncs"] += 1
-                self._execute(batch)
+                self._execute(held[barrier:])
         finally:
             self._flusher = None
             self._rearm()
@@ -609,7 +601,7 @@ class OverlayRuntime:
                 self._counters["app_errors"] += 1
                 log.exception("application handler failed on %s", _code_name(request.code))
                 body = ErrorResponse(ErrorCode.INVALID_MESSAGE, f"handler failed: {err}".encode())
-        self._call(lambda peer, now: peer.respond(request, body, now))
+        self._call(lambda core, now: core.respond(request, body, now))
 
     def _count(self, direction: str, code: int) -> None:
         # Once per message sent or received: the counter names are made once per code.
@@ -621,22 +613,22 @@ class OverlayRuntime:
     # --- timers -------------------------------------------------------------------
     def _rearm(self) -> None:
         """Wake the timer loop if the peer now wants to be ticked earlier than planned."""
-        if self._peer is None:
+        if self._core is None:
             return
-        deadline = self._peer.next_deadline()
+        deadline = self._core.next_deadline()
         if deadline is not None and (
             self._sleeping_until is None or deadline < self._sleeping_until
         ):
             self._wake.set()
 
     async def _timer_loop(self) -> None:
-        peer = self.peer
+        core = self.core
         while not self._closed:
-            deadline = peer.next_deadline()
+            deadline = core.next_deadline()
             now = self._clock()
             if deadline is not None and deadline <= now:
                 self._sleeping_until = None
-                self._call(lambda peer, now: peer.tick(now))
+                self._call(lambda core, now: core.tick(now))
                 # Yield so a long backlog of deadlines does not starve the sockets.
                 await asyncio.sleep(0)
                 continue
@@ -646,3 +638,10 @@ class OverlayRuntime:
                 await asyncio.wait_for(
                     self._wake.wait(), None if deadline is None else deadline - now
                 )
+
+
+def _first_flush(actions: list[Action]) -> int | None:
+    for i, action in enumerate(actions):
+        if isinstance(action, Flush):
+            return i
+    return None

@@ -33,6 +33,7 @@ from overlay.actions import (
     Address,
     AppRequest,
     Dropped,
+    LocalAnswer,
     PeerState,
     RequestCompleted,
     RequestFailed,
@@ -41,10 +42,10 @@ from overlay.actions import (
 )
 from overlay.chord import ChordPeer
 from overlay.config import ChordConfig
+from overlay.core import OverlayCore
 from overlay.framing import DEFAULT_MAX_PAYLOAD
 from overlay.ids import MASK
 from overlay.messages import (
-    Destination,
     ErrorCode,
     ErrorResponse,
     FetchAns,
@@ -72,22 +73,22 @@ class SimNode:
         "address",
         "alive",
         "backend",
+        "core",
         "group",
         "last_sent",
         "last_sent_cap",
         "links",
         "node_id",
-        "peer",
-        "replicator",
         "timer_at",
     )
 
-    def __init__(self, node_id: int, address: Address, peer: ChordPeer) -> None:
+    def __init__(
+        self, node_id: int, address: Address, core: OverlayCore, backend: RecordBackend | None
+    ) -> None:
         self.node_id = node_id
         self.address = address
-        self.peer = peer
-        self.backend: RecordBackend | None = None
-        self.replicator: Replicator | None = None
+        self.core = core
+        self.backend = backend
         self.alive = True
         self.links: set[int] = set()
         self.timer_at = math.inf
@@ -95,6 +96,14 @@ class SimNode:
         # when our last message to each peer arrives: a link delivers in order
         self.last_sent: dict[int, float] = {}
         self.last_sent_cap = 64
+
+    @property
+    def peer(self) -> ChordPeer:
+        return self.core.peer
+
+    @property
+    def replicator(self) -> Replicator | None:
+        return self.core.replicator
 
 
 @dataclass(slots=True)
@@ -202,7 +211,9 @@ class Simulation:
         ``Replicator`` driving it with ``replication``."""
         self.backend_factory = backend_factory
         self.replication = replication
-        self.ops: dict[tuple[int, int], ClientOp] = {}
+        self.ops: dict[tuple[int, int], ClientOp] = {}  # (origin, transaction id) -> op
+        self.submitted: dict[tuple[int, int], ClientOp] = {}  # (origin, token) -> op
+        self._tokens = 0
         self._store_clock = 0
         self.rng = random.Random(seed)
         self.config = config or ChordConfig()
@@ -257,13 +268,19 @@ class Simulation:
         else:
             address = Address("10.0.0.1", self._next_port)
             self._next_port += 1
-        peer = ChordPeer(node_id, address, self.config, random.Random(self.rng.getrandbits(64)))
-        node = SimNode(node_id, address, peer)
+        backend = self.backend_factory(node_id) if self.backend_factory is not None else None
+        core = OverlayCore(
+            node_id,
+            address,
+            self.config,
+            random.Random(self.rng.getrandbits(64)),
+            now=self.now,
+            backend=backend,
+            replication=self.replication,
+        )
+        node = SimNode(node_id, address, core, backend)
         if old is not None:
             node.last_sent = old.last_sent  # what it sent before the crash may be in flight
-        if self.backend_factory is not None:
-            node.backend = self.backend_factory(node_id)
-            node.replicator = Replicator(peer, node.backend, self.replication, now=self.now)
         self.nodes[node_id] = node
         self.by_address[address] = node
         if bootstrap is None:
@@ -272,7 +289,7 @@ class Simulation:
             boot = [self.nodes[b] for b in picks]
         else:
             boot = [self.nodes[b] for b in bootstrap]
-        peer.start(self.now, [b.address for b in boot])
+        core.start(self.now, [b.address for b in boot])
         self._drain(node)
         return node_id
 
@@ -295,12 +312,12 @@ class Simulation:
     def inject(self, node_id: int, message: Message) -> None:
         """Hand ``message`` to a peer now, as if it had arrived from the network."""
         node = self.nodes[node_id]
-        node.peer.receive(message, self.now)
+        node.core.receive(message, self.now)
         self._drain(node)
 
     def leave(self, node_id: int) -> None:
         node = self.nodes[node_id]
-        node.peer.leave(self.now)
+        node.core.leave(self.now)
         self._drain(node)
 
     def partition(self, groups: Sequence[Sequence[int]]) -> None:
@@ -345,7 +362,7 @@ class Simulation:
             self.now = t
             if kind == _DELIVER:
                 if node.alive:
-                    node.peer.receive(payload[0], t)
+                    node.core.receive(payload[0], t)
                     drain(node)
                 elif not self.silent_failures:
                     # in flight to a process that died meanwhile: the sender sees the RST
@@ -353,13 +370,13 @@ class Simulation:
             elif kind == _TIMER:
                 if node.alive and node.timer_at == t:
                     node.timer_at = math.inf
-                    node.peer.tick(t)
+                    node.core.tick(t)
                     drain(node)
                     if node.timer_at <= t:
                         raise RuntimeError(f"peer {node.node_id:032x} wants a tick in the past")
             elif kind == _LINK_FAILED:
                 if node.alive:
-                    node.peer.link_failed(payload[0], payload[1], t)
+                    node.core.link_failed(payload[0], payload[1], t)
                     drain(node)
             else:
                 payload()
@@ -421,7 +438,7 @@ class Simulation:
         """Start a Fetch for ``target`` from ``origin``; the record fills in as it runs."""
         node = self.nodes[origin]
         record = Lookup(origin, target & MASK, self.now)
-        tid = node.peer.request(
+        tid = node.core.request(
             [ResourceDestination(target & MASK)], FetchReq(resource=target & MASK), self.now
         )
         self.lookups[(origin, tid)] = record
@@ -536,18 +553,22 @@ class Simulation:
         if node is None or not node.alive:
             op.done, op.finished = True, self.now
             return
-        dest: Destination = (
-            ResourceDestination(op.body.resource) if op.to is None else NodeDestination(op.to)
-        )
-        tid = node.peer.request([dest], op.body, self.now)
-        self.ops[(op.origin, tid)] = op
+        if op.to is None:
+            # What a node's application does: served on the spot when this node is
+            # responsible (no message), else through the ring.
+            self._tokens += 1
+            self.submitted[(op.origin, self._tokens)] = op
+            node.core.submit(self._tokens, op.body, self.now)
+        else:
+            tid = node.core.request([NodeDestination(op.to)], op.body, self.now)
+            self.ops[(op.origin, tid)] = op
         self._drain(node)
 
     def _op_answered(self, op: ClientOp, body: MessageBody | None) -> None:
         retry = body is None or (
             isinstance(body, ErrorResponse)
             and (
-                body.error_code == ErrorCode.IN_PROGRESS
+                body.error_code in (ErrorCode.IN_PROGRESS, ErrorCode.REQUEST_TIMEOUT)
                 or (body.error_code == ErrorCode.FORBIDDEN and body.text == NOT_RESPONSIBLE)
             )
         )
@@ -573,12 +594,16 @@ class Simulation:
             self._push(self.now + self.latency, _LINK_FAILED, sender, (hop, address))
 
     def _drain(self, node: SimNode) -> None:
-        peer = node.peer
-        actions = peer.take_actions()
+        core = node.core
+        actions = core.take_actions()
         while actions:
             for action in actions:
                 if type(action) is Send:
                     self._send(node, action)
+                elif type(action) is LocalAnswer:
+                    op = self.submitted.pop((node.node_id, action.token), None)
+                    if op is not None:
+                        self._op_answered(op, action.body)
                 elif type(action) is AppRequest:
                     self._on_app_request(node, action)
                 elif type(action) is RequestCompleted:
@@ -613,9 +638,9 @@ class Simulation:
                             insort(self.ring, node.node_id)
                     elif action.state is not PeerState.JOINED:
                         self._ring_remove(node.node_id)
-            actions = peer.take_actions()
+            actions = core.take_actions()
         if node.alive:
-            deadline = peer.next_deadline()
+            deadline = core.next_deadline()
             if deadline is not None and deadline < node.timer_at:
                 node.timer_at = deadline
                 self._seq += 1
@@ -632,7 +657,7 @@ class Simulation:
                 record.hops = 0 if origin == node.node_id else len(via)
                 record.responsible = self.responsible(record.target)
         body = FetchAns() if isinstance(message.body, FetchReq) else message.body
-        node.peer.respond(message, body, self.now)
+        node.core.respond(message, body, self.now)
 
     def _send(self, node: SimNode, action: Send) -> None:
         message = action.message

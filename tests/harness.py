@@ -237,6 +237,8 @@ def ring_problem(
     nobody else; each peer's successor list is the next min(succ_size, N-1) ids and its first
     predecessor the previous id.
     """
+    # Peers lost lately are listed as down (state "down") beside the walk: not part of it.
+    nodes = [node for node in nodes if node.get("state") != "down"]
     want = sorted(expected)
     n = len(want)
     ids = [node["node_id"] for node in nodes]

@@ -8,7 +8,9 @@ import pytest
 
 from overlay.actions import (
     Address,
+    AdmissionRequested,
     AppRequest,
+    LeaveRequested,
     NeighborsChanged,
     PeerState,
     RequestCompleted,
@@ -86,8 +88,10 @@ def sends(actions: list[object]) -> list[Send]:
     return [a for a in actions if isinstance(a, Send)]
 
 
-def alone(node_id: int = 1000, config: ChordConfig = QUIET) -> ChordPeer:
-    peer = ChordPeer(node_id, addr(node_id), config, random.Random(7))
+def alone(
+    node_id: int = 1000, config: ChordConfig = QUIET, *, hand_over: bool = False
+) -> ChordPeer:
+    peer = ChordPeer(node_id, addr(node_id), config, random.Random(7), hand_over=hand_over)
     peer.start(0.0)
     peer.take_actions()
     return peer
@@ -138,17 +142,12 @@ def test_join_adopts_joiner_only_after_join_request() -> None:
     assert not peer.is_responsible(500) and not peer.is_responsible(2000)
 
 
-def test_admission_hook_delays_making_the_joiner_reachable() -> None:
-    peer = alone(1000)
-    calls: list[tuple[int, int, int]] = []
-
-    def hold(joining: int, start: int, end: int) -> bool:
-        calls.append((joining, start, end))
-        return False  # the store hands the range over first, then calls admit()
-
-    peer.admission_hook = hold
-    admit(peer, 500)
-    assert calls == [(500, 1000, 500)]
+def test_hand_over_delays_making_the_joiner_reachable_until_admit() -> None:
+    peer = alone(1000, hand_over=True)
+    actions = admit(peer, 500)
+    # The layer above hands the range over first, then calls admit().
+    asked = [a for a in actions if isinstance(a, AdmissionRequested)]
+    assert asked == [AdmissionRequested(500, 1000, 500)]
     assert peer.predecessors == ()  # not routable before its data is handed over
     assert peer.is_responsible(400)  # we still serve its range meanwhile
     peer.tick(1.0)
@@ -161,21 +160,16 @@ def test_admission_hook_delays_making_the_joiner_reachable() -> None:
     assert [u.next_hop for u in updates] == [500]
 
 
-def test_leave_hook_holds_the_leave_requests_until_the_data_is_handed_over() -> None:
-    peer = alone(1000)
+def test_hand_over_holds_the_leave_requests_until_the_data_is_handed_over() -> None:
+    peer = alone(1000, hand_over=True)
     admit(peer, 500)
+    peer.admit(500, 0.0)
     peer.tick(0.1)
     peer.take_actions()
-    asked: list[int | None] = []
-
-    def hand_over(successor: int | None) -> bool:
-        asked.append(successor)
-        return False
-
-    peer.leave_hook = hand_over
     peer.leave(1.0)
-    assert asked == [500]
-    assert not [s for s in sends(peer.take_actions()) if isinstance(s.message.body, LeaveReq)]
+    actions = peer.take_actions()
+    assert [a for a in actions if isinstance(a, LeaveRequested)] == [LeaveRequested(500)]
+    assert not [s for s in sends(actions) if isinstance(s.message.body, LeaveReq)]
     peer.tick(1.0 + 10 * CFG.leave_timeout)
     assert peer.state is PeerState.LEAVING  # the timeout runs from the LeaveReqs
     peer.proceed_leave(50.0)
