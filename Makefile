@@ -51,8 +51,9 @@ ring: $(RUN_STAMP)
 # The Debian tools the tests need. Installed only when missing, and only where apt-get can run
 # as root; anywhere else we say what to install instead of failing obscurely later.
 # tshark/dumpcap (wire checks), sipp (SIP clients), kamailio (baseline), faketime (clock jumps
-# in the nemesis harness), chromium (the ring page test), iproute2 (network namespaces).
-TOOLS_DEB := tshark sip-tester kamailio faketime chromium iproute2
+# in the nemesis harness), chromium (the ring page test), iproute2 (network namespaces),
+# systemd (systemd-analyze verify of the packaged unit).
+TOOLS_DEB := tshark sip-tester kamailio faketime chromium iproute2 systemd
 
 tools:
 	@missing=""; \
@@ -62,6 +63,7 @@ tools:
 	command -v faketime >/dev/null 2>&1 || missing="$$missing faketime"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	{ command -v ip || test -x /usr/sbin/ip; } >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing (apt-get)"; \
