@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 NS_PREFIX = "p2pnem-"
 LINK_PREFIX = "nm"
@@ -71,13 +72,19 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        # A killed harness whose parent has not reaped it yet is a zombie: dead for us.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def remove_stale() -> list[str]:
     """Remove namespaces and bridges of earlier runs whose owner is gone; what was removed."""
     removed: list[str] = []
     dead_tokens: set[str] = set()
+    live_tokens: set[str] = set()
     for line in ip("netns", "list", check=False).splitlines():
         name = line.split()[0] if line.split() else ""
         match = re.fullmatch(rf"{NS_PREFIX}([0-9a-f]+)-(\d+)-h\d+", name)
@@ -87,6 +94,7 @@ def remove_stale() -> list[str]:
             continue
         token, pid = match.group(1), int(match.group(2))
         if _pid_alive(pid):
+            live_tokens.add(token)
             continue
         dead_tokens.add(token)
         _kill_namespace_processes(name)
@@ -99,9 +107,18 @@ def remove_stale() -> list[str]:
         name, token = match.group(1), match.group(2)
         alias = re.search(rf"alias {re.escape(ALIAS_PREFIX)}(\d+)", line)
         owner_alive = alias is not None and _pid_alive(int(alias.group(1)))
-        if token in dead_tokens or not owner_alive:
+        if owner_alive and token not in dead_tokens:
+            live_tokens.add(token)
+        else:
             ip("link", "del", name, check=False)
             removed.append(name)
+    # Host ends of veth pairs whose namespace is gone, or going slowly (the kernel dismantles a
+    # namespace only once nothing refers to it any more).
+    for line in ip("-o", "link", "show", "type", "veth", check=False).splitlines():
+        match = re.match(rf"\d+: ({LINK_PREFIX}([0-9a-f]+)(?:h\d+|p))[:@]", line)
+        if match is not None and match.group(2) not in live_tokens:
+            ip("link", "del", match.group(1), check=False)
+            removed.append(match.group(1))
     return removed
 
 
