@@ -22,7 +22,7 @@ application as ``AppRequest`` and joins and leaves do not wait for a handoff.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from overlay.actions import (
     Action,
@@ -40,6 +40,7 @@ from overlay.actions import (
 from overlay.chord import ChordPeer, PeerView
 from overlay.config import ChordConfig
 from overlay.messages import (
+    ApplyReq,
     Destination,
     ErrorCode,
     ErrorResponse,
@@ -49,10 +50,11 @@ from overlay.messages import (
     ResourceDestination,
     StoreReq,
 )
+from overlay.operations import KindOperation
 from overlay.replication import Replicator
 from overlay.replication_backend import RecordBackend, ReplicationConfig
 
-DataRequest = StoreReq | FetchReq
+DataRequest = StoreReq | FetchReq | ApplyReq
 
 
 class OverlayCore:
@@ -66,6 +68,7 @@ class OverlayCore:
         now: float,
         backend: RecordBackend | None = None,
         replication: ReplicationConfig | None = None,
+        operations: Mapping[int, KindOperation] | None = None,
         epoch_offset: float = 0.0,
         exp_probe: Callable[[], dict[str, object]] | None = None,
         num_resources: Callable[[], int] | None = None,
@@ -84,7 +87,12 @@ class OverlayCore:
         self.replicator: Replicator | None = None
         if backend is not None:
             self.replicator = Replicator(
-                self.peer, backend, replication, now=now, epoch_offset=epoch_offset
+                self.peer,
+                backend,
+                replication,
+                now=now,
+                epoch_offset=epoch_offset,
+                operations=operations,
             )
         self._out: list[Action] = []
         self._routed: dict[int, int] = {}  # transaction id of a routed submit -> its token
@@ -127,8 +135,9 @@ class OverlayCore:
         self._pump(now)
 
     def submit(self, token: int, body: DataRequest, now: float) -> None:
-        """A Store or Fetch of this node's application at ``body.resource``; its answer (a
-        StoreAns, FetchAns or ErrorResponse) comes out as ``LocalAnswer(token, body)``."""
+        """A Store, Fetch or Apply of this node's application at ``body.resource``; its answer
+        (StoreAns, FetchAns, ApplyAns or ErrorResponse) comes out as
+        ``LocalAnswer(token, body)``."""
         replicator = self.replicator
         if replicator is not None and replicator.serve_local(token, body, now):
             self._after_upper()
@@ -195,7 +204,7 @@ class OverlayCore:
                 replicator.on_failed(tid, action.reason, now)
         elif isinstance(action, AppRequest):
             body = action.message.body
-            if replicator is None or not isinstance(body, StoreReq | FetchReq):
+            if replicator is None or not isinstance(body, StoreReq | FetchReq | ApplyReq):
                 return False
             replicator.on_request(action.message, now)
         elif isinstance(action, NeighborsChanged):

@@ -39,14 +39,19 @@ Rules (each one an answer to "how could an acknowledged write be lost?"):
 - Fetch: answered from the local store by whichever peer the request is delivered to (routed
   fetches reach the responsible peer; one addressed to a node id is answered by that node,
   replica or not).
+- Apply (an owner-side operation, ``overlay.operations``): taken only by the responsible peer
+  under the same rules as an original store; the kind's rules decide on the live values read
+  in the same step, their writes go through the original-store path (local write, replica
+  round, flush) and the answer lists the values after them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from overlay import replication_ae as ae
@@ -54,6 +59,8 @@ from overlay.actions import LocalAnswer, PeerState
 from overlay.chord import ChordPeer
 from overlay.ids import in_open_closed
 from overlay.messages import (
+    ApplyAns,
+    ApplyReq,
     Destination,
     ErrorCode,
     ErrorResponse,
@@ -71,6 +78,7 @@ from overlay.messages import (
     StoreKindResponse,
     StoreReq,
 )
+from overlay.operations import REFUSED_PREFIX, KindOperation
 from overlay.replication_backend import (
     ANTI_ENTROPY_KIND,
     RecordBackend,
@@ -151,10 +159,13 @@ class Replicator:
         *,
         now: float = 0.0,
         epoch_offset: float = 0.0,
+        operations: Mapping[int, KindOperation] | None = None,
     ) -> None:
+        """``operations``: the owner-side rules of the kinds that take ``ApplyReq``."""
         self.peer = peer
         self.backend = backend
         self.config = config or ReplicationConfig()
+        self.operations = dict(operations or {})
         self._offset = epoch_offset
         self._me = peer.node_id
         self._waiting: dict[int, Callback] = {}
@@ -177,6 +188,8 @@ class Replicator:
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "stores_original",
+                "operations",
+                "operations_refused",
                 "stores_copy",
                 "fetches",
                 "replicas_acked",
@@ -238,7 +251,13 @@ class Replicator:
 
     def on_request(self, message: Message, now: float) -> None:
         body = message.body
-        if isinstance(body, FetchReq):
+        if isinstance(body, ApplyReq):
+
+            def reply(answer: MessageBody, t: float) -> None:
+                self._respond(message, answer, t)
+
+            self._operation(body, now, reply)
+        elif isinstance(body, FetchReq):
             self._on_fetch(message, body, now)
         elif isinstance(body, StoreReq):
             if body.replica_number == 0:
@@ -358,7 +377,7 @@ class Replicator:
             answer = ErrorResponse(exc.code, exc.info)
         self._respond(message, answer, now)
 
-    def serve_local(self, token: int, body: StoreReq | FetchReq, now: float) -> bool:
+    def serve_local(self, token: int, body: StoreReq | FetchReq | ApplyReq, now: float) -> bool:
         """Serve a Fetch or an original Store of this node's own application without an
         overlay message when this peer is responsible for its resource: the same rules (and
         for a Store the same replica round) as a request routed here. Its answer comes out of
@@ -371,6 +390,9 @@ class Replicator:
         def reply(answer: MessageBody, _now: float) -> None:
             self._local.append(LocalAnswer(token, answer))
 
+        if isinstance(body, ApplyReq):
+            self._operation(body, now, reply)
+            return True
         if isinstance(body, FetchReq):
             specs = body.specifiers
             if specs and specs[0].kind == ANTI_ENTROPY_KIND:
@@ -430,6 +452,82 @@ class Replicator:
         return FetchAns((FetchKindResponse(ANTI_ENTROPY_KIND, 0, tuple(values)),))
 
     # ------------------------------------------------------------------ stores
+    def _operation(
+        self, req: ApplyReq, now: float, reply: Callable[[MessageBody, float], None]
+    ) -> None:
+        """An owner-side operation: read, let the kind's rules decide, write as an original
+        store. Everything up to the write happens in this one step: no other request of the
+        resource can come between the read and the write."""
+
+        def error(code: int, text: str) -> None:
+            reply(ErrorResponse(code, text.encode("utf-8")[:0xFFFF]), now)
+
+        handler = self.operations.get(req.kind)
+        if handler is None:
+            error(ErrorCode.UNKNOWN_KIND, f"kind {req.kind:#x} takes no operations")
+            return
+        if self._refuse_original(req.resource, error):
+            return
+        ms = self.ms(now)
+        records = [r for r in self.backend.records_for(req.resource, ms) if r.kind == req.kind]
+        generation = self.backend.generation(req.resource, req.kind)
+        if req.generation not in (0, generation):
+            error(
+                ErrorCode.GENERATION_COUNTER_TOO_LOW,
+                f"generation {req.generation} is not the current {generation}",
+            )
+            return
+        live = tuple(r.stored_data() for r in records if r.exists)
+        try:
+            result = handler.apply(live, req.operation, ms)
+        except ValueError as exc:
+            error(ErrorCode.INVALID_MESSAGE, f"operation: {exc}")
+            return
+        self.counters["operations"] += 1
+        if result.refused is not None:
+            self.counters["operations_refused"] += 1
+            error(ErrorCode.FORBIDDEN, REFUSED_PREFIX + result.refused)
+            return
+        if not result.writes:
+            reply(ApplyAns(req.kind, generation, (), result.values), now)
+            return
+        # Each write must be newer than what it replaces (a tombstone included), even within
+        # one millisecond.
+        newest = {r.key: r.storage_time for r in records}
+        writes = tuple(
+            sd
+            if sd.storage_time > newest.get(sd.key, -1)
+            else dataclasses.replace(sd, storage_time=newest[sd.key] + 1)
+            for sd in result.writes
+        )
+        store = StoreReq(req.resource, 0, (StoreKindData(req.kind, 0, writes),))
+
+        def stored(answer: MessageBody, t: float) -> None:
+            if isinstance(answer, StoreAns) and answer.kind_responses:
+                done = answer.kind_responses[0]
+                answer = ApplyAns(req.kind, done.generation_counter, done.replicas, result.values)
+            reply(answer, t)
+
+        self._original(store, now, stored)
+
+    def _refuse_original(self, resource: int, error: Callable[[int, str], None]) -> bool:
+        """Answer an original write the owner may not take now; True when it did."""
+        peer = self.peer
+        state = peer.state
+        if state is PeerState.LEAVING or state is PeerState.JOINING or self._leave is not None:
+            self.counters["rejected_in_progress"] += 1
+            error(ErrorCode.IN_PROGRESS, "handing data over, retry")
+            return True
+        if state is not PeerState.JOINED or not peer.is_responsible(resource):
+            self.counters["rejected_not_responsible"] += 1
+            error(ErrorCode.FORBIDDEN, NOT_RESPONSIBLE)
+            return True
+        if self._in_handoff(resource):
+            self.counters["rejected_in_progress"] += 1
+            error(ErrorCode.IN_PROGRESS, "range being handed to a joining peer")
+            return True
+        return False
+
     def _on_original(self, message: Message, req: StoreReq, now: float) -> None:
         def reply(body: MessageBody, t: float) -> None:
             self._respond(message, body, t)
@@ -440,22 +538,11 @@ class Replicator:
         self, req: StoreReq, now: float, reply: Callable[[MessageBody, float], None]
     ) -> None:
         peer = self.peer
-        state = peer.state
 
         def error(code: int, text: str) -> None:
             reply(ErrorResponse(code, text.encode("utf-8")), now)
 
-        if state is PeerState.LEAVING or state is PeerState.JOINING or self._leave is not None:
-            self.counters["rejected_in_progress"] += 1
-            error(ErrorCode.IN_PROGRESS, "handing data over, retry")
-            return
-        if state is not PeerState.JOINED or not peer.is_responsible(req.resource):
-            self.counters["rejected_not_responsible"] += 1
-            error(ErrorCode.FORBIDDEN, NOT_RESPONSIBLE)
-            return
-        if self._in_handoff(req.resource):
-            self.counters["rejected_in_progress"] += 1
-            error(ErrorCode.IN_PROGRESS, "range being handed to a joining peer")
+        if self._refuse_original(req.resource, error):
             return
         try:
             outcome = self._apply(req, now, Role.PRIMARY)

@@ -91,6 +91,8 @@ class RecordBackend(Protocol):
 
     def generation(self, resource: int, kind: int) -> int: ...
 
+    def records_for(self, resource: int, now_ms: int | None = None) -> Sequence[StoredRecord]: ...
+
     def store_reqs(
         self,
         lo_exclusive: int,

@@ -23,7 +23,7 @@ import random
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -55,6 +55,7 @@ from overlay.codec import (
 from overlay.config import ChordConfig
 from overlay.core import OverlayCore
 from overlay.messages import (
+    ApplyReq,
     Destination,
     ErrorCode,
     ErrorResponse,
@@ -69,6 +70,7 @@ from overlay.messages import (
     is_request_code,
     overlay_hash,
 )
+from overlay.operations import KindOperation
 from overlay.replication import NOT_RESPONSIBLE, Replicator
 from overlay.replication_backend import RecordBackend, ReplicationConfig
 from overlay.transport import Link, LinkConfig, LinkLayer, LinkStats
@@ -137,12 +139,14 @@ class OverlayRuntime:
         backend: RecordBackend | None = None,
         durability: str = "sync",
         replication: ReplicationConfig | None = None,
+        operations: Mapping[int, KindOperation] | None = None,
     ) -> None:
         if durability not in ("sync", "async"):
             raise ValueError(f"durability must be 'sync' or 'async', got {durability!r}")
         self._backend = backend
         self._durable = durability == "sync" and backend is not None
         self._replication = replication
+        self._operations = operations
         self._held: list[Action] = []  # actions waiting for a flush
         self._flush_needed = False
         self._flusher: asyncio.Task[None] | None = None
@@ -259,6 +263,7 @@ class OverlayRuntime:
             now=now,
             backend=self._backend,
             replication=self._replication,
+            operations=self._operations,
             epoch_offset=time.time() - now,
             exp_probe=self._exp_probe,
             num_resources=self._num_resources,
@@ -308,9 +313,9 @@ class OverlayRuntime:
                 timer.cancel()
             forget()
 
-    async def ask(self, body: StoreReq | FetchReq, timeout: float) -> MessageBody:
-        """One Store or Fetch at ``body.resource``; returns the answer's body (which may be an
-        ErrorResponse, Request_Timeout when the ring gave up on it). When this node is
+    async def ask(self, body: StoreReq | FetchReq | ApplyReq, timeout: float) -> MessageBody:
+        """One Store, Fetch or Apply at ``body.resource``; returns the answer's body (which
+        may be an ErrorResponse, Request_Timeout when the ring gave up on it). When this node is
         responsible for the resource it is served here with no overlay message, under the same
         rules (replica copies, and the flush before the answer in sync durability); otherwise
         it goes through the ring. OverlayRequestError when no answer came within ``timeout``."""

@@ -25,7 +25,7 @@ import math
 import random
 import time
 from bisect import bisect_left, insort
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,8 @@ from overlay.core import OverlayCore
 from overlay.framing import DEFAULT_MAX_PAYLOAD
 from overlay.ids import MASK
 from overlay.messages import (
+    ApplyAns,
+    ApplyReq,
     ErrorCode,
     ErrorResponse,
     FetchAns,
@@ -60,6 +62,7 @@ from overlay.messages import (
     StoreKindData,
     StoreReq,
 )
+from overlay.operations import KindOperation
 from overlay.replication import NOT_RESPONSIBLE, Replicator
 from overlay.replication_backend import RecordBackend, ReplicationConfig
 
@@ -135,7 +138,7 @@ class ClientOp:
     responsible", or the request failed, up to ``max_attempts``."""
 
     origin: int
-    body: StoreReq | FetchReq
+    body: StoreReq | FetchReq | ApplyReq
     started: float
     max_attempts: int = 20
     to: int | None = None  # send to this node id instead of routing to the resource
@@ -146,7 +149,7 @@ class ClientOp:
 
     @property
     def ok(self) -> bool:
-        return self.done and isinstance(self.answer, StoreAns | FetchAns)
+        return self.done and isinstance(self.answer, StoreAns | FetchAns | ApplyAns)
 
     @property
     def error_code(self) -> int | None:
@@ -205,11 +208,13 @@ class Simulation:
         use_codec: bool = False,
         backend_factory: Callable[[int], RecordBackend] | None = None,
         replication: ReplicationConfig | None = None,
+        operations: Mapping[int, KindOperation] | None = None,
     ) -> None:
         """``backend_factory(node_id)`` gives every peer started a record store (the same
         directory again for a restarted id, as a real node restarts on its data dir) and a
         ``Replicator`` driving it with ``replication``."""
         self.backend_factory = backend_factory
+        self.operations = operations
         self.replication = replication
         self.ops: dict[tuple[int, int], ClientOp] = {}  # (origin, transaction id) -> op
         self.submitted: dict[tuple[int, int], ClientOp] = {}  # (origin, token) -> op
@@ -277,6 +282,7 @@ class Simulation:
             now=self.now,
             backend=backend,
             replication=self.replication,
+            operations=self.operations,
         )
         node = SimNode(node_id, address, core, backend)
         if old is not None:
@@ -483,6 +489,16 @@ class Simulation:
         )
         body = StoreReq(resource & MASK, 0, (StoreKindData(kind, generation, (entry,)),))
         op = ClientOp(origin, body, self.now, max_attempts, to)
+        self._issue(op)
+        return op
+
+    def apply(
+        self, origin: int, resource: int, kind: int, operation: bytes, *, max_attempts: int = 20
+    ) -> ClientOp:
+        """Start an owner-side operation (``ApplyReq``) from ``origin`` as its application
+        would: served on the spot when ``origin`` owns the resource, else through the ring."""
+        body = ApplyReq(resource & MASK, kind, 0, operation)
+        op = ClientOp(origin, body, self.now, max_attempts)
         self._issue(op)
         return op
 

@@ -53,6 +53,7 @@ from p2preg.membership import (
 from p2preg.metrics import Health, assess, make_registry
 from p2preg.sip.bindings_store import OverlayBindings
 from p2preg.sip.metrics import Histogram
+from p2preg.sip.register_op import sip_operations
 from p2preg.sip.registrar import RegistrarConfig
 from p2preg.sip.service import SipService
 from p2preg.sip.transport import StreamLimits
@@ -268,6 +269,8 @@ class Node:
             backend=store,
             durability=options.durability.value,
             replication=replication_config(options),
+            # The owner-side registrar rules: REGISTERs reach the AOR's owner as one ApplyReq.
+            operations=sip_operations(),
         )
         self.replicas = replication_config(options).replicas
         self.kv = KvClient(self.rt)

@@ -25,6 +25,7 @@ from overlay.replication_backend import ReplicationConfig
 from overlay.runtime import OverlayRuntime
 from p2preg.kinds import KIND_LIMITS
 from p2preg.sip.parser import Frame, StreamFramer
+from p2preg.sip.register_op import sip_operations
 from p2preg.sip.registrar import RegistrarConfig
 from p2preg.sip.service import SipService
 from p2preg.sip.transport import StreamLimits
@@ -82,6 +83,7 @@ class SipRing:
             backend=store,
             durability=durability,
             replication=REPLICATION,
+            operations=sip_operations(),
         )
         service = SipService(runtime, registrar, "127.0.0.1", 0, **service_args)
         node = SipNode(runtime, store, service)

@@ -38,6 +38,9 @@ class Binding:
     reg_id: int | None
     user_agent: str | None
     last_modified: float
+    # The REGISTER that wrote it, as the front node numbered it (0: not numbered): lets the
+    # owner recognise that very REGISTER asked again after its answer was lost.
+    op_id: int = 0
 
     def remaining(self, now: float) -> int:
         """Seconds left, rounded up so a fresh 3600 s binding says 3600."""
@@ -107,6 +110,8 @@ def encode_binding(b: Binding) -> bytes:
         "user_agent": b.user_agent,
         "modified": b.last_modified,
     }
+    if b.op_id:
+        record["op"] = b.op_id
     # surrogateescape: header text that was not valid UTF-8 round-trips byte for byte.
     data: bytes = msgpack.packb(record, use_bin_type=True, unicode_errors="surrogateescape")
     return data
@@ -165,6 +170,9 @@ def decode_binding(data: bytes) -> Binding:
             params.append((item[0], item[1]))
         if not all(isinstance(p, str) for p in path_raw):
             raise ValueError("malformed binding path")
+        op_id = rec.get("op", 0)
+        if isinstance(op_id, bool) or not isinstance(op_id, int) or not 0 <= op_id < 1 << 64:
+            raise ValueError("malformed op id")
         reg_id = rec.get("reg_id")
         if reg_id is not None and (isinstance(reg_id, bool) or not isinstance(reg_id, int)):
             raise ValueError("malformed reg-id")
@@ -185,6 +193,7 @@ def decode_binding(data: bytes) -> Binding:
             reg_id=reg_id,
             user_agent=_opt_str(rec, "user_agent"),
             last_modified=_num(rec, "modified"),
+            op_id=op_id,
         )
     except KeyError as exc:
         raise ValueError(f"binding lacks field {exc}") from None

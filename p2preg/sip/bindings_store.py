@@ -1,10 +1,15 @@
-"""The bindings of one AOR, read and written through the overlay (WIRE.md §5, RFC 6940 §7).
+"""The bindings of one AOR, read and written through the overlay (docs/wire.md, RFC 6940 §7).
 
-A REGISTER is a read-modify-write of one resource: Fetch every SIP-BINDING entry with the
-kind's generation, let the registrar decide, then Store the changes conditionally on that
-generation (replica_number 0). A concurrent writer makes the Store fail with
-Generation_Counter_Too_Low; :meth:`OverlayBindings.update` then fetches again and decides
-again, a bounded number of times.
+A REGISTER is one request to the AOR's owner (:meth:`OverlayBindings.register`): an
+``ApplyReq`` whose operation the owner applies to its own copy with the registrar's rules
+(``register_op``), answering with the AOR's bindings afterwards; the rules' refusals (400
+Invalid CSeq, 503 too many contacts) come back as Error_Forbidden "refused: STATUS REASON".
+
+The generic read-modify-write remains for operator changes (:meth:`OverlayBindings.update`):
+Fetch every SIP-BINDING entry with the kind's generation, let a rule decide, then Store the
+changes conditionally on that generation (replica_number 0). A concurrent writer makes the
+Store fail with Generation_Counter_Too_Low; it then fetches again and decides again, a
+bounded number of times.
 
 Data_Too_Old (a removal and a re-add of one contact within one millisecond, whose
 tombstone a Fetch does not show) is handled like a conflict: decide again a moment later
@@ -30,6 +35,8 @@ from typing import Protocol
 
 from overlay.ids import resource_id
 from overlay.messages import (
+    ApplyAns,
+    ApplyReq,
     ErrorCode,
     ErrorResponse,
     FetchAns,
@@ -41,9 +48,11 @@ from overlay.messages import (
     StoreKindData,
     StoreReq,
 )
+from overlay.operations import REFUSED_PREFIX
 from overlay.runtime import OverlayRequestError
 from p2preg.sip.binding import SIP_BINDING_KIND, Binding, decode_binding, encode_binding, key_bytes
 from p2preg.sip.metrics import Histogram
+from p2preg.sip.register_op import RegisterOp, bindings_of, encode_op
 from p2preg.sip.registrar import RegisterDecision
 
 # Answers that mean "ask again shortly": the ring is moving the resource, or two writers
@@ -64,7 +73,7 @@ TOMBSTONE_MARGIN_S = 5
 class Requester(Protocol):
     """What we need of ``OverlayRuntime``."""
 
-    async def ask(self, body: StoreReq | FetchReq, timeout: float) -> MessageBody: ...
+    async def ask(self, body: StoreReq | FetchReq | ApplyReq, timeout: float) -> MessageBody: ...
 
 
 class OverlayUnavailable(Exception):
@@ -74,6 +83,15 @@ class OverlayUnavailable(Exception):
 class GenerationConflict(Exception):
     """Someone else wrote the AOR since we fetched it (Generation_Counter_Too_Low), or an
     entry holds a newer storage_time than ours (Data_Too_Old): fetch and decide again."""
+
+
+class RegisterRefused(Exception):
+    """The owner's registrar rules refused the REGISTER: answer ``status`` ``reason``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
 
 
 class StoreRefused(Exception):
@@ -215,6 +233,18 @@ class OverlayBindings:
         # A rewrite must be newer than what it replaces, even within one millisecond.
         return max(now_ms, state.stored_ms.get(key, -1) + 1)
 
+    async def register(self, resource_name: str, op: RegisterOp) -> list[Binding]:
+        """Have the AOR's owner apply ``op``; the AOR's bindings afterwards. Raises
+        RegisterRefused, OverlayUnavailable or StoreRefused."""
+        body = ApplyReq(resource_id(resource_name), SIP_BINDING_KIND, 0, encode_op(op))
+        started = self._clock()
+        answer = await self._ask(body, None)
+        self.stats.stores += 1
+        self.stats.store_latency.observe(self._clock() - started)
+        if not isinstance(answer, ApplyAns):
+            raise OverlayUnavailable(f"unexpected answer {type(answer).__name__} to an Apply")
+        return bindings_of(answer.values)
+
     # --- the read-modify-write ---------------------------------------------------------
 
     async def update(
@@ -265,7 +295,7 @@ class OverlayBindings:
 
     async def _ask(
         self,
-        body: StoreReq | FetchReq,
+        body: StoreReq | FetchReq | ApplyReq,
         until: float | None,
         *,
         conflict_is_error: bool = False,
@@ -287,6 +317,11 @@ class OverlayBindings:
                 if not isinstance(answer, ErrorResponse):
                     return answer
                 code = answer.error_code
+                text = answer.text
+                if code == ErrorCode.FORBIDDEN and text.startswith(REFUSED_PREFIX):
+                    status, _, reason = text[len(REFUSED_PREFIX) :].partition(" ")
+                    if status.isdigit():
+                        raise RegisterRefused(int(status), reason)
                 if conflict_is_error and code in (
                     ErrorCode.GENERATION_COUNTER_TOO_LOW,
                     ErrorCode.DATA_TOO_OLD,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from p2preg.sip.binding import Binding, decode_binding, encode_binding
 from p2preg.sip.message import SipParseError, SipRequest, SipResponse
 from p2preg.sip.parser import FramingError, parse_message
+from p2preg.sip.register_op import RegisterOp
 from p2preg.sip.registrar import (
     ALLOW_HEADER,
     ALLOWED_METHODS,
@@ -40,6 +41,8 @@ from p2preg.sip.registrar import (
     options_reply,
     plan_lookup,
     plan_register,
+    register_op,
+    register_reply,
 )
 from p2preg.sip.responses import Reply, Source, build_response, response_destination
 from p2preg.sip.transactions import Status, TransactionCache, TransactionKey, transaction_key
@@ -159,6 +162,16 @@ class SipCore:
         self, need: NeedRegister, bindings: Iterable[Binding], now: float
     ) -> RegisterDecision:
         return decide_register(need.request, need.plan, bindings, now, self.config, need.source)
+
+    def register_op(self, need: NeedRegister, op_id: int) -> RegisterOp:
+        """What the owner of the AOR is asked to apply (one ApplyReq)."""
+        return register_op(need.plan, self.config, need.source, op_id)
+
+    def register_reply(
+        self, need: NeedRegister, status: int, bindings: Iterable[Binding], now: float
+    ) -> Reply:
+        """The reply to a REGISTER the owner applied (200, with ``bindings``) or refused."""
+        return register_reply(need.plan, status, bindings, now, self.config)
 
     def decide_lookup(self, need: NeedLookup, bindings: Iterable[Binding], now: float) -> Reply:
         return decide_lookup(bindings, now)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from p2preg.sip.binding import Binding, binding_key
 from p2preg.sip.headers import (
@@ -22,16 +21,20 @@ from p2preg.sip.headers import (
     parse_qvalue,
 )
 from p2preg.sip.message import SipParseError, SipRequest
+from p2preg.sip.register_op import (
+    INVALID_CSEQ,
+    TOO_MANY,
+    BindingChange,
+    RegisterOp,
+    apply_register,
+    ordered,
+)
 from p2preg.sip.responses import Reply, Source, http_date
 from p2preg.sip.uri import (
     SipUri,
-    Uri,
-    UriError,
     aor_resource_name,
     canonical_aor,
     canonical_uri_key,
-    parse_uri,
-    uri_equal,
 )
 
 SUPPORTED_OPTIONS = ("path", "outbound")
@@ -215,29 +218,45 @@ def _contact_update(
     return ContactUpdate(contact, key, expires, q, instance or None, reg_id, params)
 
 
-@lru_cache(maxsize=8192)
-def _stored_uri(text: str) -> Uri | None:
-    try:
-        return parse_uri(text)
-    except UriError:
-        return None
+def register_op(
+    plan: RegisterPlan, config: RegistrarConfig, source: Source, op_id: int = 0
+) -> RegisterOp:
+    """What the owner of the AOR needs to apply ``plan`` (steps 6-8, ``register_op``);
+    ``op_id`` numbers the SIP transaction (see ``RegisterOp``)."""
+    changes = tuple(
+        BindingChange(u.key, u.contact.uri_text, u.expires, u.q, u.instance, u.reg_id, u.params)
+        for u in plan.updates
+    )
+    return RegisterOp(
+        op_id=op_id,
+        aor=plan.aor,
+        call_id=plan.call_id,
+        cseq=plan.cseq,
+        wildcard=plan.wildcard,
+        changes=changes,
+        path=plan.path,
+        user_agent=plan.user_agent,
+        source_host=source.host,
+        source_port=source.port,
+        transport=source.transport.upper(),
+        max_contacts=config.max_contacts,
+        evict=config.max_contacts_mode == "evict",
+    )
 
 
-def _matches(update: ContactUpdate, binding: Binding) -> bool:
-    if binding.key == update.key:
-        return True
-    # RFC 5626 bindings are matched on instance and reg-id only, which the key holds.
-    if update.reg_id is not None and update.instance is not None:
-        return False
-    if binding.instance is not None and binding.reg_id is not None:
-        return False
-    stored = _stored_uri(binding.uri)
-    return stored is not None and uri_equal(stored, update.contact.uri)
-
-
-def _ordered(bindings: Iterable[Binding]) -> list[Binding]:
-    # Highest q first; among equals the most recently refreshed first.
-    return sorted(bindings, key=lambda b: (-b.q_value, -b.last_modified, b.key))
+def register_reply(
+    plan: RegisterPlan,
+    status: int,
+    bindings: Iterable[Binding],
+    now: float,
+    config: RegistrarConfig,
+) -> Reply:
+    """The final response to a REGISTER the owner applied (200) or refused."""
+    if status == 200:
+        return _ok(plan, bindings, now)
+    if status == TOO_MANY[0]:
+        return Reply(503, TOO_MANY[1], (("Retry-After", str(config.retry_after)),))
+    return _bad(INVALID_CSEQ[1])
 
 
 def decide_register(
@@ -248,99 +267,19 @@ def decide_register(
     config: RegistrarConfig,
     source: Source,
 ) -> RegisterDecision:
-    """Steps 6-9 against the AOR's stored bindings (expired ones are ignored and purged)."""
-    live: dict[str, Binding] = {}
-    expired: list[str] = []
-    for b in current:
-        if b.live(now):
-            live[b.key] = b
-        else:
-            expired.append(b.key)
-
-    if plan.is_query:
-        return RegisterDecision(
-            _ok(plan, live.values(), now), bindings=tuple(_ordered(live.values()))
-        )
-
-    if plan.wildcard:
-        for b in live.values():
-            if b.call_id == plan.call_id and plan.cseq <= b.cseq:
-                return RegisterDecision(_bad("Invalid CSeq"), bindings=tuple(live.values()))
-        removals = tuple(sorted({*live, *expired}))
-        return RegisterDecision(_ok(plan, (), now), removals=removals)
-
-    after = dict(live)
-    upserts: dict[str, Binding] = {}
-    removals_set: set[str] = set()
-    for update in plan.updates:
-        matched = [b for b in live.values() if _matches(update, b)]
-        for b in matched:
-            if b.call_id == plan.call_id and plan.cseq <= b.cseq:
-                return RegisterDecision(_bad("Invalid CSeq"), bindings=tuple(live.values()))
-        for b in matched:
-            after.pop(b.key, None)
-            upserts.pop(b.key, None)
-            removals_set.add(b.key)
-        if update.expires == 0:
-            # A removal of a binding this same request added earlier also drops it.
-            if update.key in upserts:
-                del upserts[update.key]
-                after.pop(update.key, None)
-            continue
-        binding = Binding(
-            key=update.key,
-            aor=plan.aor,
-            uri=update.contact.uri_text,
-            params=update.params,
-            expires_at=now + update.expires,
-            q=update.q,
-            call_id=plan.call_id,
-            cseq=plan.cseq,
-            source_host=source.host,
-            source_port=source.port,
-            transport=source.transport.upper(),
-            path=plan.path,
-            instance=update.instance,
-            reg_id=update.reg_id,
-            user_agent=plan.user_agent,
-            last_modified=now,
-        )
-        after[update.key] = binding
-        upserts[update.key] = binding
-        removals_set.discard(update.key)
-
-    if len(after) > config.max_contacts:
-        if config.max_contacts_mode == "evict":
-            oldest = sorted(
-                (b for k, b in after.items() if k not in upserts), key=lambda b: b.last_modified
-            )
-            for b in oldest:
-                if len(after) <= config.max_contacts:
-                    break
-                del after[b.key]
-                removals_set.add(b.key)
-        if len(after) > config.max_contacts:
-            return RegisterDecision(
-                Reply(
-                    503,
-                    "Too Many Registered Contacts",
-                    (("Retry-After", str(config.retry_after)),),
-                ),
-                bindings=tuple(live.values()),
-            )
-
-    if upserts or removals_set:
-        removals_set.update(k for k in expired if k not in upserts)
+    """Steps 6-9 against the AOR's stored bindings (expired ones are ignored and purged): the
+    owner's rules (``register_op.apply_register``) and the reply the front node makes."""
+    outcome = apply_register(register_op(plan, config, source), current, now)
     return RegisterDecision(
-        _ok(plan, after.values(), now),
-        upserts=tuple(upserts.values()),
-        removals=tuple(sorted(removals_set)),
-        bindings=tuple(_ordered(after.values())),
+        register_reply(plan, outcome.status, outcome.bindings, now, config),
+        upserts=outcome.upserts,
+        removals=outcome.removals,
+        bindings=outcome.bindings,
     )
 
 
 def _ok(plan: RegisterPlan, bindings: Iterable[Binding], now: float) -> Reply:
-    headers: list[tuple[str, str]] = [("Contact", b.contact_value(now)) for b in _ordered(bindings)]
+    headers: list[tuple[str, str]] = [("Contact", b.contact_value(now)) for b in ordered(bindings)]
     if plan.path and "path" in plan.supported:
         headers.extend(("Path", p) for p in plan.path)
     if "outbound" in plan.supported and any(u.reg_id is not None for u in plan.updates):
@@ -393,7 +332,7 @@ def plan_lookup(request: SipRequest, config: RegistrarConfig) -> LookupPlan | Re
 
 def decide_lookup(bindings: Iterable[Binding], now: float) -> Reply:
     """302 with every live Contact (highest q first), or 480 when none is live."""
-    live = _ordered(b for b in bindings if b.live(now))
+    live = ordered(b for b in bindings if b.live(now))
     if not live:
         return Reply(480, "Temporarily Unavailable")
     headers = tuple(("Contact", b.contact_value(now)) for b in live)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,16 +29,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from p2preg.sip.bindings_store import (
-    AorState,
     OverlayBindings,
     OverlayUnavailable,
+    RegisterRefused,
     Requester,
     StoreRefused,
 )
 from p2preg.sip.core import Drop, NeedLookup, NeedRegister, Respond, SipCore
 from p2preg.sip.metrics import Histogram, counter, gauge
 from p2preg.sip.parser import FramingError
-from p2preg.sip.registrar import RegisterDecision, RegistrarConfig
+from p2preg.sip.registrar import RegistrarConfig
 from p2preg.sip.responses import Reply, Source
 from p2preg.sip.transport import Responder, SipTransports, StreamLimits
 
@@ -76,6 +77,8 @@ class SipService:
         self.max_in_flight = max_in_flight
         self.transports = SipTransports(self, host, port, limits=limits, clock=clock)
         self._wall = wall_clock
+        # Numbers each REGISTER's operation (RegisterOp.op_id): unpredictable, not secret.
+        self._op_ids = random.Random()
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -167,14 +170,19 @@ class SipService:
 
     async def _register(self, need: NeedRegister, responder: Responder, received: float) -> None:
         core = self.core
-
-        def decide(state: AorState, now: float) -> RegisterDecision:
-            return core.decide_register(need, state.bindings.values(), now)
-
         reply: Reply
         try:
-            decision = await self.bindings.update(need.plan.resource_name, decide, self._wall)
-            reply = decision.reply
+            if need.plan.is_query:  # nothing to apply: one Fetch
+                state = await self.bindings.fetch(need.plan.resource_name)
+                now = self._wall()
+                live = [b for b in state.bindings.values() if b.live(now)]
+                reply = core.register_reply(need, 200, live, now)
+            else:
+                op = core.register_op(need, self._op_ids.getrandbits(64))
+                bindings = await self.bindings.register(need.plan.resource_name, op)
+                reply = core.register_reply(need, 200, bindings, self._wall())
+        except RegisterRefused as exc:
+            reply = core.register_reply(need, exc.status, (), self._wall())
         except OverlayUnavailable as exc:
             log.info("REGISTER %s: 503, %s", need.plan.aor, exc)
             reply = core.unavailable()
