@@ -20,11 +20,20 @@ from typing import Any
 
 import pytest
 from harness import Cluster, ring_problem, wait_for
+from sip_support import request, status_of
 
 from p2preg.cli import admin_call
 
 PI_ERROR = 0x00800000  # Wireshark's expert severity "Error"
-REQUEST_CODES = {"Probe": 1, "Attach": 3, "Join": 15, "Leave": 17, "Update": 19, "Ping": 23}
+REQUEST_CODES = {
+    "Probe": 1,
+    "Attach": 3,
+    "Join": 15,
+    "Leave": 17,
+    "Update": 19,
+    "Ping": 23,
+    "Apply": 0x8001,  # a REGISTER sent to its AOR's owner
+}
 ROUTE_QUERY = 21
 RESEGMENTED_PORT = 6084
 
@@ -239,8 +248,11 @@ def test_live_ring_traffic_decodes_cleanly(cluster: Cluster, tmp_path: Path) -> 
     capture = Capture(tmp_path / "ring.pcapng", ports)
     try:
         capture.wait_started()
-        first = cluster.start(overlay=f"127.0.0.1:{ports[0]}")
-        others = [cluster.spawn([first.overlay], overlay=f"127.0.0.1:{p}") for p in ports[1:]]
+        sip = ("--sip", "127.0.0.1:0")
+        first = cluster.start(overlay=f"127.0.0.1:{ports[0]}", extra=sip)
+        others = [
+            cluster.spawn([first.overlay], overlay=f"127.0.0.1:{p}", extra=sip) for p in ports[1:]
+        ]
         for node in others:
             node.wait_ready()
         nodes = [first, *others]
@@ -250,6 +262,18 @@ def test_live_ring_traffic_decodes_cleanly(cluster: Cluster, tmp_path: Path) -> 
         path = f"/v1/route/{first.node_id}"
         status, route = admin_call(others[0].admin, "GET", path, 30.0)
         assert status == 200 and route["responsible"] == first.node_id, route
+        # REGISTERs through one node: most AORs belong to another peer, so an ApplyReq crosses
+        # the ring for each of those, and its ApplyAns comes back.
+        host, port = first.info["sip"].rsplit(":", 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(10.0)
+            for i in range(12):
+                aor = f"sip:cap{i}@example.com"
+                udp.sendto(
+                    request("REGISTER", "sip:example.com", to=aor, contacts=[f"<sip:c{i}@h>"]),
+                    (host, int(port)),
+                )
+                assert status_of(udp.recv(65535)) == 200
         # Pings go only to neighbours that were silent for a round: wait for a quiet ring.
         wait_for(lambda: all(pinged(n.admin) for n in nodes), 30.0, "every node to Ping", 0.2)
 
