@@ -115,6 +115,7 @@ class LocalAnswer:
 
     token: int
     body: MessageBody
+    responder: int | None = None  # the peer that answered (this one when served here)
 
 
 @dataclass(frozen=True, slots=True)

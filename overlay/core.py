@@ -47,6 +47,7 @@ from overlay.messages import (
     FetchReq,
     Message,
     MessageBody,
+    NodeDestination,
     ResourceDestination,
     StoreReq,
 )
@@ -194,7 +195,7 @@ class OverlayCore:
             tid = action.transaction_id
             token = self._routed.pop(tid, None)
             if token is not None:
-                self._out.append(LocalAnswer(token, _answer_of(action)))
+                self._out.append(LocalAnswer(token, *_answer_of(action)))
                 return True
             if replicator is None or not replicator.owns(tid):
                 return False
@@ -238,7 +239,10 @@ class OverlayCore:
             self._out.extend(local)
 
 
-def _answer_of(event: RequestCompleted | RequestFailed) -> MessageBody:
+def _answer_of(event: RequestCompleted | RequestFailed) -> tuple[MessageBody, int | None]:
+    """The answer body and who gave it."""
     if isinstance(event, RequestCompleted):
-        return event.response.body
-    return ErrorResponse(ErrorCode.REQUEST_TIMEOUT, event.reason.encode("utf-8"))
+        via = event.response.header.via_list
+        first = via[0] if via else None
+        return event.response.body, first.node_id if isinstance(first, NodeDestination) else None
+    return ErrorResponse(ErrorCode.REQUEST_TIMEOUT, event.reason.encode("utf-8")), None

@@ -388,7 +388,7 @@ class Replicator:
             return False
 
         def reply(answer: MessageBody, _now: float) -> None:
-            self._local.append(LocalAnswer(token, answer))
+            self._local.append(LocalAnswer(token, answer, self._me))
 
         if isinstance(body, ApplyReq):
             self._operation(body, now, reply)

@@ -65,13 +65,12 @@ from overlay.messages import (
     MessageBody,
     MessageCode,
     NodeDestination,
-    ResourceDestination,
     StoreReq,
     is_request_code,
     overlay_hash,
 )
 from overlay.operations import KindOperation
-from overlay.replication import NOT_RESPONSIBLE, Replicator
+from overlay.replication import Replicator
 from overlay.replication_backend import RecordBackend, ReplicationConfig
 from overlay.transport import Link, LinkConfig, LinkLayer, LinkStats
 
@@ -172,7 +171,7 @@ class OverlayRuntime:
         self._address: Address | None = None
         self._listeners: list[Callable[[Event], None]] = []
         self._requests: dict[int, asyncio.Future[Message]] = {}
-        self._local: dict[int, asyncio.Future[MessageBody]] = {}  # stores taken by ask()
+        self._local: dict[int, asyncio.Future[LocalAnswer]] = {}  # data requests of call()
         self._next_token = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
@@ -314,43 +313,26 @@ class OverlayRuntime:
             forget()
 
     async def ask(self, body: StoreReq | FetchReq | ApplyReq, timeout: float) -> MessageBody:
-        """One Store, Fetch or Apply at ``body.resource``; returns the answer's body (which
-        may be an ErrorResponse, Request_Timeout when the ring gave up on it). When this node is
-        responsible for the resource it is served here with no overlay message, under the same
-        rules (replica copies, and the flush before the answer in sync durability); otherwise
-        it goes through the ring. OverlayRequestError when no answer came within ``timeout``."""
+        """The answer's body of :meth:`call`."""
+        return (await self.call(body, timeout)).body
+
+    async def call(self, body: StoreReq | FetchReq | ApplyReq, timeout: float) -> LocalAnswer:
+        """One Store, Fetch or Apply at ``body.resource``: the answer (which may be an
+        ErrorResponse, Request_Timeout when the ring gave up on it) and the peer that gave
+        it. When this node is responsible for the resource it is served here with no overlay
+        message, under the same rules (replica copies, and the flush before the answer in
+        sync durability); otherwise it goes through the ring. OverlayRequestError when no
+        answer came within ``timeout`` s."""
         if self._closed:
             raise OverlayRequestError("runtime closed")
         core = self.core
         token = self._next_token
         self._next_token += 1
-        future: asyncio.Future[MessageBody] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[LocalAnswer] = asyncio.get_running_loop().create_future()
         self._local[token] = future
         core.submit(token, body, self._clock())
         self._drain()
         return await self._within(future, timeout, lambda: self._local.pop(token, None))
-
-    async def data_request(
-        self, body: StoreReq | FetchReq, timeout: float = 10.0, backoff: float = 0.2
-    ) -> Message:
-        """Store or Fetch at ``body.resource`` through the ring, retried while the owner
-        answers In_Progress (a handoff) or "not responsible" (the ring is moving), until
-        ``timeout``. Returns the last answer (StoreAns/FetchAns or an ErrorResponse: e.g.
-        Generation_Counter_Too_Low, whose info is the encoded StoreAns)."""
-        deadline = self._clock() + timeout
-        while True:
-            left = deadline - self._clock()
-            if left <= 0:
-                raise OverlayRequestError(f"no answer within {timeout} s")
-            answer = await self.request([ResourceDestination(body.resource)], body, left)
-            err = answer.body
-            retry = isinstance(err, ErrorResponse) and (
-                err.error_code == ErrorCode.IN_PROGRESS
-                or (err.error_code == ErrorCode.FORBIDDEN and err.text == NOT_RESPONSIBLE)
-            )
-            if not retry or self._clock() + backoff >= deadline:
-                return answer
-            await asyncio.sleep(backoff)
 
     async def leave(self, timeout: float = 10.0) -> None:
         """Graceful: the peer tells its neighbours, we wait for LEFT, then close sockets."""
@@ -556,7 +538,7 @@ class OverlayRuntime:
         elif isinstance(event, LocalAnswer):
             local = self._local.get(event.token)
             if local is not None and not local.done():
-                local.set_result(event.body)
+                local.set_result(event)
             return  # ours alone: not for listeners
         elif isinstance(event, RequestFailed):
             self._counters["requests_failed"] += 1

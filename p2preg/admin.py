@@ -38,7 +38,6 @@ from p2preg.kv import (
     GetResult,
     KvRefused,
     RingUnavailable,
-    now_ms,
 )
 from p2preg.ring import (
     BadKey,
@@ -51,6 +50,7 @@ from p2preg.ring import (
     self_entry,
     walk_ring,
 )
+from p2preg.ring_client import now_ms
 from p2preg.sip.binding import Binding
 from p2preg.sip.bindings_store import OverlayUnavailable, StoreRefused
 from p2preg.sip.uri import UriError, aor_resource_name, canonical_aor, parse_sip_uri

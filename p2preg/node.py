@@ -37,7 +37,7 @@ from overlay.runtime import OverlayRuntime
 from p2preg import __version__
 from p2preg.admin import AdminServer
 from p2preg.kinds import KIND_LIMITS, SIP_BINDING
-from p2preg.kv import KvClient, now_ms
+from p2preg.kv import KvClient
 from p2preg.logs import short_id
 from p2preg.membership import (
     DEFAULT_DOWN_WINDOW,
@@ -51,6 +51,7 @@ from p2preg.membership import (
     tcp_reachable,
 )
 from p2preg.metrics import Health, assess, make_registry
+from p2preg.ring_client import RingClient, now_ms
 from p2preg.sip.bindings_store import OverlayBindings
 from p2preg.sip.metrics import Histogram
 from p2preg.sip.register_op import sip_operations
@@ -180,7 +181,9 @@ def open_store(options: NodeOptions) -> RecordStore:
         raise SetupError(f"cannot open the record store in {directory}: {exc}") from None
 
 
-def make_sip_service(options: NodeOptions, runtime: OverlayRuntime) -> SipService | None:
+def make_sip_service(
+    options: NodeOptions, runtime: OverlayRuntime, ring: RingClient
+) -> SipService | None:
     if options.sip is None:
         return None
     settings = dict(options.sip_service)
@@ -192,6 +195,7 @@ def make_sip_service(options: NodeOptions, runtime: OverlayRuntime) -> SipServic
         options.sip.host,
         options.sip.port,
         limits=StreamLimits(**limits) if limits else None,
+        ring=ring,
         **settings,
     )
 
@@ -273,8 +277,10 @@ class Node:
             operations=sip_operations(),
         )
         self.replicas = replication_config(options).replicas
-        self.kv = KvClient(self.rt)
-        self.sip = make_sip_service(options, self.rt)
+        # The one client of the ring for everything this node's applications ask of it.
+        self.ring = RingClient(self.rt)
+        self.kv = KvClient(self.ring)
+        self.sip = make_sip_service(options, self.rt, self.ring)
         self.admin = AdminServer(self)
         self.overlay_address: Address | None = None
         self.admin_address: Address | None = None
@@ -485,7 +491,7 @@ class Node:
         if self.sip is not None:
             return self.sip.bindings
         if self._bindings is None:
-            self._bindings = OverlayBindings(self.rt)
+            self._bindings = OverlayBindings(self.ring)
         return self._bindings
 
     def down_peers(self) -> list[dict[str, object]]:

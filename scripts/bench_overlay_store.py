@@ -31,6 +31,7 @@ from overlay.messages import (  # noqa: E402
 from overlay.replication_backend import ReplicationConfig  # noqa: E402
 from overlay.runtime import OverlayRuntime  # noqa: E402
 from overlay.sim import Simulation  # noqa: E402
+from p2preg.ring_client import RingClient  # noqa: E402
 from storage import KindLimits, RecordStore  # noqa: E402
 
 KIND = 0xF0000001
@@ -63,6 +64,7 @@ async def ring_bench(durability: str, stores: int, concurrency: int, directory: 
         seed = seed or address
         await rt.wait_state(PeerState.JOINED, 10.0)
         made.append((rt, store))
+    rings = [RingClient(rt, deadline=10.0) for rt, _ in made]
     while not all(len(rt.view().successors) == 2 for rt, _ in made):
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)
@@ -75,9 +77,8 @@ async def ring_bench(durability: str, stores: int, concurrency: int, directory: 
             entry = StoredData(int(time.time() * 1000), 3600, b"k", b"value-%d" % i)
             req = StoreReq(resources[i], 0, (StoreKindData(KIND, 0, (entry,)),))
             t = time.perf_counter()
-            answer = await made[i % 3][0].data_request(req)
+            await rings[i % 3].call(lambda: req, StoreAns)
             latencies.append(time.perf_counter() - t)
-            assert isinstance(answer.body, StoreAns), answer.body
 
     t0 = time.perf_counter()
     await asyncio.gather(*(put(i) for i in range(stores)))
@@ -93,9 +94,9 @@ async def ring_bench(durability: str, stores: int, concurrency: int, directory: 
         async with sem:
             req = FetchReq(resources[i], (StoredDataSpecifier(KIND, 0, ()),))
             t = time.perf_counter()
-            answer = await made[(i + 1) % 3][0].data_request(req)
+            answer = (await rings[(i + 1) % 3].call(lambda: req, FetchAns)).body
             latencies.append(time.perf_counter() - t)
-            assert isinstance(answer.body, FetchAns) and answer.body.kind_responses[0].values
+            assert answer.kind_responses[0].values
 
     t0 = time.perf_counter()
     await asyncio.gather(*(get(i) for i in range(stores)))

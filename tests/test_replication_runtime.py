@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from test_runtime import CONFIG, LINKS, responsible, wait_for
@@ -27,7 +28,10 @@ from overlay.messages import (
 )
 from overlay.replication_backend import ReplicationConfig, Role
 from overlay.runtime import OverlayRuntime
+from p2preg.ring_client import RingClient
 from storage import KindLimits, RecordStore, StoreOutcome
+
+T = TypeVar("T")
 
 KIND = 0xF0000001
 
@@ -95,6 +99,11 @@ async def start_ring(
     await asyncio.sleep(0.5)  # let the replicators settle on their roles
 
 
+async def ask(rt: OverlayRuntime, body: StoreReq | FetchReq, want: type[T]) -> T:
+    """Through the node's ring client, as the node's applications ask."""
+    return (await RingClient(rt, deadline=10.0).call(lambda: body, want)).body
+
+
 def store_req(resource: int, value: bytes) -> StoreReq:
     entry = StoredData(int(time.time() * 1000), 3600, b"k", value)
     return StoreReq(resource, 0, (StoreKindData(KIND, 0, (entry,)),))
@@ -112,9 +121,8 @@ async def test_store_answers_wait_for_the_flush_and_share_it(
     async def one(i: int) -> None:
         rt = runtimes[i % 3][0]
         resource = rng.getrandbits(128)
-        answer = await rt.data_request(store_req(resource, b"v%d" % i), timeout=10.0)
-        assert isinstance(answer.body, StoreAns), answer.body
-        [kr] = answer.body.kind_responses
+        answer = await ask(rt, store_req(resource, b"v%d" % i), StoreAns)
+        [kr] = answer.kind_responses
         owner = responsible(ids, resource)
         assert len(kr.replicas) == 2 and owner not in kr.replicas
         # On arrival of the answer, the write is durable on the primary and both replicas.
@@ -136,12 +144,11 @@ async def test_store_answers_wait_for_the_flush_and_share_it(
     # Fetch through a peer that is not the owner.
     resource = rng.getrandbits(128)
     origin = next(rt for rt, _ in runtimes if rt.node_id != responsible(ids, resource))
-    assert isinstance((await origin.data_request(store_req(resource, b"x"))).body, StoreAns)
+    await ask(origin, store_req(resource, b"x"), StoreAns)
     other = next(rt for rt, _ in runtimes if rt is not origin)
     fetch = FetchReq(resource, (StoredDataSpecifier(KIND, 0, ()),))
-    answer = await other.data_request(fetch)
-    assert isinstance(answer.body, FetchAns)
-    assert [sd.value for sd in answer.body.kind_responses[0].values] == [b"x"]
+    fetched = await ask(other, fetch, FetchAns)
+    assert [sd.value for sd in fetched.kind_responses[0].values] == [b"x"]
     primary, replica = runtimes[0][0].replicator.counts(0.0)  # type: ignore[union-attr]
     assert primary + replica > 0
 
@@ -152,8 +159,7 @@ async def test_async_durability_never_flushes(
     await start_ring(runtimes, tmp_path, "async")
     rt = runtimes[0][0]
     for i in range(20):
-        answer = await rt.data_request(store_req(i * 7919 << 100, b"v"))
-        assert isinstance(answer.body, StoreAns)
+        await ask(rt, store_req(i * 7919 << 100, b"v"), StoreAns)
     assert sum(store.flushes for _, store in runtimes) == 0
     assert sum(r.counters["fsyncs"] for r, _ in runtimes) == 0
 

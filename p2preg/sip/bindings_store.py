@@ -31,58 +31,39 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TypeVar
 
 from overlay.ids import resource_id
 from overlay.messages import (
     ApplyAns,
     ApplyReq,
-    ErrorCode,
-    ErrorResponse,
     FetchAns,
     FetchReq,
-    MessageBody,
     StoreAns,
     StoredData,
     StoredDataSpecifier,
     StoreKindData,
     StoreReq,
 )
-from overlay.operations import REFUSED_PREFIX
-from overlay.runtime import OverlayRequestError
+from p2preg.ring_client import (
+    Answered,
+    DataRequest,
+    RingClient,
+    RingConflict,
+    RingRefused,
+    RingUnavailable,
+)
 from p2preg.sip.binding import SIP_BINDING_KIND, Binding, decode_binding, encode_binding, key_bytes
 from p2preg.sip.metrics import Histogram
-from p2preg.sip.register_op import RegisterOp, bindings_of, encode_op
+from p2preg.sip.register_op import TOMBSTONE_MARGIN_S, RegisterOp, bindings_of, encode_op
 from p2preg.sip.registrar import RegisterDecision
 
-# Answers that mean "ask again shortly": the ring is moving the resource, or two writers
-# picked the same storage_time.
-RETRYABLE = frozenset(
-    {
-        ErrorCode.IN_PROGRESS,
-        ErrorCode.FORBIDDEN,
-        ErrorCode.NOT_FOUND,
-        ErrorCode.REQUEST_TIMEOUT,
-    }
-)
-# Tombstones outlive the binding they remove by this much, so that a replica's older copy
-# cannot bring the binding back while it still looks live.
-TOMBSTONE_MARGIN_S = 5
+T = TypeVar("T")
 
-
-class Requester(Protocol):
-    """What we need of ``OverlayRuntime``."""
-
-    async def ask(self, body: StoreReq | FetchReq | ApplyReq, timeout: float) -> MessageBody: ...
-
-
-class OverlayUnavailable(Exception):
-    """The ring gave no usable answer before the deadline: answer 503 + Retry-After."""
-
-
-class GenerationConflict(Exception):
-    """Someone else wrote the AOR since we fetched it (Generation_Counter_Too_Low), or an
-    entry holds a newer storage_time than ours (Data_Too_Old): fetch and decide again."""
+# What the ring client raises, under the names the registrar's callers know.
+OverlayUnavailable = RingUnavailable  # no usable answer in time: answer 503 + Retry-After
+GenerationConflict = RingConflict  # someone else wrote the AOR since we fetched it
+StoreRefused = RingRefused  # a permanent refusal (Data_Too_Large, Unknown_Kind …): answer 500
 
 
 class RegisterRefused(Exception):
@@ -92,14 +73,6 @@ class RegisterRefused(Exception):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
-
-
-class StoreRefused(Exception):
-    """A permanent refusal (Data_Too_Large, Unknown_Kind …): answer 500."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"store refused with error {code}: {text}")
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,21 +110,31 @@ class StoreStats:
 class OverlayBindings:
     def __init__(
         self,
-        runtime: Requester,
+        ring: RingClient,
         *,
-        request_timeout: float = 2.0,
-        deadline: float = 5.0,
         conflict_retries: int = 5,
         backoff: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._rt = runtime
-        self.request_timeout = request_timeout
-        self.deadline = deadline
+        self.ring = ring
         self.conflict_retries = conflict_retries
         self.backoff = backoff
         self._clock = clock
         self.stats = StoreStats()
+
+    async def _call(
+        self, body: DataRequest, want: type[T], until: float | None = None
+    ) -> Answered[T]:
+        try:
+            answered = await self.ring.call(lambda: body, want, until=until)
+        except RingUnavailable:
+            self.stats.failures += 1
+            raise
+        except RingConflict:
+            self.stats.conflicts += 1
+            raise
+        self.stats.retries += answered.attempts - 1
+        return answered
 
     # --- one request each --------------------------------------------------------------
 
@@ -160,11 +143,9 @@ class OverlayBindings:
         rid = resource_id(resource_name)
         body = FetchReq(rid, (StoredDataSpecifier(SIP_BINDING_KIND),))
         started = self._clock()
-        answer = await self._ask(body, until)
+        answer = (await self._call(body, FetchAns, until)).body
         self.stats.fetches += 1
         self.stats.fetch_latency.observe(self._clock() - started)
-        if not isinstance(answer, FetchAns):
-            raise OverlayUnavailable(f"unexpected answer {type(answer).__name__} to a Fetch")
         bindings: dict[str, Binding] = {}
         stored_ms: dict[str, int] = {}
         generation = 0
@@ -182,6 +163,22 @@ class OverlayBindings:
                 bindings[binding.key] = binding
                 stored_ms[binding.key] = sd.storage_time
         return AorState(bindings, generation, stored_ms)
+
+    async def register(self, resource_name: str, op: RegisterOp) -> list[Binding]:
+        """Have the AOR's owner apply ``op``; the AOR's bindings afterwards. Raises
+        RegisterRefused, OverlayUnavailable or StoreRefused."""
+        body = ApplyReq(resource_id(resource_name), SIP_BINDING_KIND, 0, encode_op(op))
+        started = self._clock()
+        try:
+            answer = (await self._call(body, ApplyAns)).body
+        except RingRefused as exc:
+            status, _, reason = exc.text.partition(" ")
+            if exc.refused and status.isdigit():
+                raise RegisterRefused(int(status), reason) from None
+            raise
+        self.stats.stores += 1
+        self.stats.store_latency.observe(self._clock() - started)
+        return bindings_of(answer.values)
 
     async def store(
         self,
@@ -222,28 +219,14 @@ class OverlayBindings:
             return
         body = StoreReq(rid, 0, (StoreKindData(SIP_BINDING_KIND, state.generation, tuple(values)),))
         started = self._clock()
-        answer = await self._ask(body, until, conflict_is_error=True)
+        await self._call(body, StoreAns, until)
         self.stats.stores += 1
         self.stats.store_latency.observe(self._clock() - started)
-        if not isinstance(answer, StoreAns):
-            raise OverlayUnavailable(f"unexpected answer {type(answer).__name__} to a Store")
 
     @staticmethod
     def _time_for(state: AorState, key: str, now_ms: int) -> int:
         # A rewrite must be newer than what it replaces, even within one millisecond.
         return max(now_ms, state.stored_ms.get(key, -1) + 1)
-
-    async def register(self, resource_name: str, op: RegisterOp) -> list[Binding]:
-        """Have the AOR's owner apply ``op``; the AOR's bindings afterwards. Raises
-        RegisterRefused, OverlayUnavailable or StoreRefused."""
-        body = ApplyReq(resource_id(resource_name), SIP_BINDING_KIND, 0, encode_op(op))
-        started = self._clock()
-        answer = await self._ask(body, None)
-        self.stats.stores += 1
-        self.stats.store_latency.observe(self._clock() - started)
-        if not isinstance(answer, ApplyAns):
-            raise OverlayUnavailable(f"unexpected answer {type(answer).__name__} to an Apply")
-        return bindings_of(answer.values)
 
     # --- the read-modify-write ---------------------------------------------------------
 
@@ -258,13 +241,13 @@ class OverlayBindings:
         ``decide(state, now)`` must be pure (it runs once per attempt). Raises
         OverlayUnavailable when the ring does not answer in time or the conflicts persist.
         """
-        until = self._clock() + self.deadline
+        until = self._clock() + self.ring.deadline
         previous: RegisterDecision | None = None
         for _attempt in range(self.conflict_retries + 1):
             state = await self.fetch(resource_name, until=until)
             if previous is not None and _applied(state, previous):
                 # Our last store landed but its answer was lost (or it raced a retry of
-                # itself): deciding again would call our own binding a stale CSeq.
+                # itself): deciding again would undo our own change.
                 return previous
             now = wall_clock()
             decision = decide(state, now)
@@ -275,7 +258,6 @@ class OverlayBindings:
                     resource_name, state, decision.upserts, decision.removals, now, until=until
                 )
             except GenerationConflict:
-                self.stats.conflicts += 1
                 previous = decision
                 # Spread the retries of racing writers; also moves past the millisecond
                 # of a Data_Too_Old.
@@ -290,50 +272,6 @@ class OverlayBindings:
             return decision
         self.stats.failures += 1
         raise OverlayUnavailable(f"{self.conflict_retries + 1} generation conflicts in a row")
-
-    # --- transport of one request, with retries of transient failures ------------------
-
-    async def _ask(
-        self,
-        body: StoreReq | FetchReq | ApplyReq,
-        until: float | None,
-        *,
-        conflict_is_error: bool = False,
-    ) -> MessageBody:
-        if until is None:
-            until = self._clock() + self.deadline
-        delay = self.backoff
-        last = "no attempt"
-        while True:
-            left = until - self._clock()
-            if left <= 0:
-                self.stats.failures += 1
-                raise OverlayUnavailable(f"no usable answer in time: {last}")
-            try:
-                answer = await self._rt.ask(body, min(self.request_timeout, left))
-            except OverlayRequestError as exc:
-                last = exc.reason
-            else:
-                if not isinstance(answer, ErrorResponse):
-                    return answer
-                code = answer.error_code
-                text = answer.text
-                if code == ErrorCode.FORBIDDEN and text.startswith(REFUSED_PREFIX):
-                    status, _, reason = text[len(REFUSED_PREFIX) :].partition(" ")
-                    if status.isdigit():
-                        raise RegisterRefused(int(status), reason)
-                if conflict_is_error and code in (
-                    ErrorCode.GENERATION_COUNTER_TOO_LOW,
-                    ErrorCode.DATA_TOO_OLD,
-                ):
-                    raise GenerationConflict(answer.text)
-                if code not in RETRYABLE:
-                    raise StoreRefused(code, answer.text)
-                last = f"error {code}: {answer.text}"
-            self.stats.retries += 1
-            pause = min(delay, max(0.0, until - self._clock()))
-            await asyncio.sleep(pause)
-            delay = min(delay * 2, 0.5)
 
 
 def _applied(state: AorState, decision: RegisterDecision) -> bool:

@@ -28,11 +28,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from p2preg.ring_client import Caller, RingClient
 from p2preg.sip.bindings_store import (
     OverlayBindings,
     OverlayUnavailable,
     RegisterRefused,
-    Requester,
     StoreRefused,
 )
 from p2preg.sip.core import Drop, NeedLookup, NeedRegister, Respond, SipCore
@@ -51,7 +51,7 @@ _INTERNAL_ERROR = Reply(500, "Server Internal Error")
 class SipService:
     def __init__(
         self,
-        runtime: Requester,
+        runtime: Caller,
         registrar_config: RegistrarConfig | None,
         host: str,
         port: int,
@@ -63,17 +63,20 @@ class SipService:
         limits: StreamLimits | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        ring: RingClient | None = None,
     ) -> None:
+        """``ring``: the node's one ring client (else one of its own over ``runtime``)."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.core = SipCore(registrar_config)
-        self.bindings = OverlayBindings(
-            runtime,
-            request_timeout=overlay_request_timeout,
-            deadline=overlay_deadline,
-            conflict_retries=conflict_retries,
-            clock=clock,
-        )
+        if ring is None:
+            ring = RingClient(
+                runtime,
+                deadline=overlay_deadline,
+                attempt_timeout=overlay_request_timeout,
+                clock=clock,
+            )
+        self.bindings = OverlayBindings(ring, conflict_retries=conflict_retries, clock=clock)
         self.max_in_flight = max_in_flight
         self.transports = SipTransports(self, host, port, limits=limits, clock=clock)
         self._wall = wall_clock
