@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -44,15 +45,20 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SCENARIO = HERE / "register.xml"
 INVITE_SCENARIO = HERE / "invite.xml"
 KAMAILIO_CFG = HERE / "kamailio.cfg"
+KAMAILIO_DMQ_CFG = HERE / "kamailio-dmq.cfg"
 SIPP = shutil.which("sipp")
 KAMAILIO = shutil.which("kamailio") or (
     "/usr/sbin/kamailio" if Path("/usr/sbin/kamailio").exists() else None
+)
+KAMCMD = shutil.which("kamcmd") or (
+    "/usr/sbin/kamcmd" if Path("/usr/sbin/kamcmd").exists() else None
 )
 
 DEFAULT_RATES = [250, 500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000]
@@ -65,6 +71,10 @@ QUICK_RATES = [100, 200]
 DEFAULT_LOOKUP_RATE = 1000.0
 QUICK_LOOKUP_RATE = 100.0
 FAIL_LIMIT = 0.001  # failed calls and retransmissions, as fractions of calls
+# Closed loop: SIPp keeps this many calls in flight (over all SIPps of a system), each
+# starting the next as soon as it ends.
+DEFAULT_IN_FLIGHT = 64
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 FAST = ["--ping-interval", "0.5", "--missed-pings", "3", "--update-interval", "2",
         "--finger-interval", "0.5", "--leave-timeout", "1.5"]  # fmt: skip
 
@@ -119,10 +129,17 @@ class Step:
     p50: float = float("nan")
     p99: float = float("nan")
     codes: dict[int, int] = field(default_factory=dict)  # final responses received, by code
+    in_flight: int | None = None  # closed loop: calls kept in flight (``rate`` is then 0)
+    cpu_s: float | None = None  # CPU seconds of all the system's processes during the step
 
     @property
     def goodput(self) -> float:
         return self.ok / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def cpu_per_call_s(self) -> float | None:
+        """CPU seconds of the system (all its processes) per good call of the step."""
+        return self.cpu_s / self.ok if self.cpu_s is not None and self.ok else None
 
     @property
     def not_ok(self) -> int:
@@ -144,6 +161,7 @@ class Lookup:
     fixed: Step  # at --lookup-rate, with response times
     steps: list[Step] = field(default_factory=list)  # the ladder, when it ran
     max_rate: float | None = None
+    closed: Step | None = None  # the closed loop, when it ran
 
 
 @dataclass
@@ -164,6 +182,13 @@ class Result:
     bindings: int | None = None
     registered: bool = True  # the REGISTER benchmark ran (not --only-lookup)
     lookup: Lookup | None = None
+    closed: Step | None = None  # the REGISTER closed loop, when it ran
+    # p2preg_event_loop_lag_seconds of each node: over the whole run, and over the REGISTER
+    # closed loop only (lag_summary's figures).
+    lag: list[dict[str, float | None]] | None = None
+    closed_lag: list[dict[str, float | None]] | None = None
+    # A Kamailio DMQ cluster's check after the run: the AORs and contacts each instance holds.
+    replication: dict[str, object] | None = None
 
 
 # --- systems under test ------------------------------------------------------------------
@@ -172,12 +197,22 @@ class Result:
 class System:
     name = ""
     nodes = 1
-    pids: list[int]
+    pids: list[int]  # the root process of each node; its children belong to the node too
     targets: list[tuple[str, int]]
     sipp_ports: list[int] = []
 
     def rss_kib(self) -> list[int]:
         return [vm_rss(pid) for pid in self.pids]
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by every process of the system: each node's
+        process and all its descendants, living or already reaped."""
+        return tree_cpu_seconds(self.pids)
+
+    def lag_buckets(self) -> list[dict[float, float]] | None:
+        """Each node's event-loop lag histogram (cumulative counts by upper bound), where
+        the system has one."""
+        return None
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -191,15 +226,76 @@ def vm_rss(pid: int) -> int:
     return 0
 
 
-def children_of(pid: int) -> list[int]:
-    out = []
+def proc_stats() -> dict[int, list[str]]:
+    """The fields of /proc/PID/stat after the command name, for every process now."""
+    out = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             with contextlib.suppress(OSError):
-                stat = (d / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(d.name))
+                out[int(d.name)] = (d / "stat").read_text().rsplit(")", 1)[1].split()
     return out
+
+
+# A Prometheus sample value: prometheus_client writes large ones as 1.2e+06.
+NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|[Nn]a[Nn]|[-+]?[Ii]nf)"
+
+
+def histogram(text: str, name: str) -> dict[float, float]:
+    """The cumulative bucket counts of histogram ``name`` in a /metrics text, by upper bound
+    (+Inf included)."""
+    out = {}
+    pattern = rf'^{name}_bucket\{{(?:[^}}]*,)?le="([^"]+)"[^}}]*\}} ({NUMBER})'
+    for m in re.finditer(pattern, text, re.M):
+        out[float(m.group(1))] = out.get(float(m.group(1)), 0.0) + float(m.group(2))
+    return out
+
+
+def lag_summary(buckets: dict[float, float]) -> dict[str, float | None]:
+    """From a lag histogram: how many samples, the bucket bound under which 99% of them lie
+    (p99) and the bound of the highest bucket any sample reached (max); inf beyond the last
+    finite bound, None without samples."""
+    count = buckets.get(math.inf, max(buckets.values(), default=0.0))
+    if count <= 0:
+        return {"samples": 0, "p99_s": None, "max_s": None}
+    bounds = sorted(buckets)
+    p99 = next(b for b in bounds if buckets[b] >= 0.99 * count)
+    top = next(b for b in bounds if buckets[b] >= count)
+    return {"samples": count, "p99_s": p99, "max_s": top}
+
+
+def lag_diff(
+    after: list[dict[float, float]], before: list[dict[float, float]]
+) -> list[dict[float, float]]:
+    return [
+        {b: n - old.get(b, 0.0) for b, n in new.items()}
+        for new, old in zip(after, before, strict=True)
+    ]
+
+
+def children_of(pid: int) -> list[int]:
+    return [p for p, fields in proc_stats().items() if int(fields[1]) == pid]
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """utime + stime of the roots and all their descendants, plus cutime + cstime (children
+    that exited and were waited for: their time is no longer anywhere else)."""
+    stats = proc_stats()
+    kids: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        kids.setdefault(int(fields[1]), []).append(pid)
+    ticks = 0
+    seen: set[int] = set()
+    todo = [p for p in roots if p in stats]
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        # After the ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt
+        # cmajflt utime stime cutime cstime (proc(5) fields 14-17 are indexes 11-14 here).
+        ticks += sum(int(x) for x in stats[pid][11:15])
+        todo += kids.get(pid, [])
+    return ticks / CLK_TCK
 
 
 def pss_kib(pid: int) -> int:
@@ -210,46 +306,145 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-class Kamailio(System):
-    name = "kamailio"
+def kill_group(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM to the process group ``proc`` leads, SIGKILL when it outlives ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
-    def __init__(self, root: Path, users: int) -> None:
+
+class Kamailio(System):
+    """Kamailio from Debian's package: one instance with kamailio.cfg, or (``n`` > 1) a
+    cluster of ``n`` instances with kamailio-dmq.cfg replicating usrloc to each other over
+    DMQ, each on its own loopback port, the others' ports as its notification addresses."""
+
+    def __init__(self, root: Path, users: int, n: int = 1) -> None:
         assert KAMAILIO is not None
+        self.name = "kamailio" if n == 1 else "kamailio-dmq"
+        self.nodes = n
+        self.root = root
         root.mkdir(parents=True)
+        cfg = KAMAILIO_CFG if n == 1 else KAMAILIO_DMQ_CFG
+        ports = [free_port() for _ in range(n)]
+        self.ctl = [root / f"k{i}" / "ctl.sock" for i in range(n)]
+        defines = [self.defines(ports, i) for i in range(n)] if n > 1 else [[]]
         check = subprocess.run(
-            [KAMAILIO, "-c", "-f", str(KAMAILIO_CFG)], capture_output=True, text=True, cwd=root
-        )
-        if check.returncode != 0:
-            raise SystemExit(f"kamailio -c rejects {KAMAILIO_CFG}:\n{check.stderr[-2000:]}")
-        port = free_port()
-        # usrloc takes well under 2 KiB per binding; the margin covers tm and the hash table.
-        shm = max(64, users * 2 // 1024 + 64)
-        self.log = open(root / "kamailio.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [KAMAILIO, "-f", str(KAMAILIO_CFG), "-DD", "-E", "-m", str(shm), "-M", "16",
-             "-l", f"udp:127.0.0.1:{port}", "-Y", str(root), "-P", str(root / "kamailio.pid")],
-            stdout=self.log, stderr=self.log, cwd=root, start_new_session=True,
+            [KAMAILIO, "-c", "-f", str(cfg), *defines[0]], capture_output=True, text=True,
+            cwd=root,
         )  # fmt: skip
-        self.targets = [("127.0.0.1", port)]
-        self.pids = [self.proc.pid]
-        wait_udp_answers(self.targets[0], self.proc, root / "kamailio.log")
+        if check.returncode != 0:
+            raise SystemExit(f"kamailio -c rejects {cfg}:\n{check.stderr[-2000:]}")
+        # usrloc takes well under 2 KiB per binding; the margin covers tm and the hash table.
+        # Every instance of a cluster holds every binding.
+        shm = max(64, users * 2 // 1024 + 64)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs = []
+        self.targets = [("127.0.0.1", port) for port in ports]
+        try:
+            for i, port in enumerate(ports):
+                run = root / f"k{i}"
+                run.mkdir()
+                log_path = root / f"kamailio{i}.log"
+                log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+                self.logs.append(log)
+                self.procs.append(subprocess.Popen(
+                    [KAMAILIO, "-f", str(cfg), "-DD", "-E", "-m", str(shm), "-M", "16",
+                     "-l", f"udp:127.0.0.1:{port}", "-Y", str(run),
+                     "-P", str(run / "kamailio.pid"), *defines[i]],
+                    stdout=log, stderr=log, cwd=root, start_new_session=True,
+                ))  # fmt: skip
+                wait_udp_answers(self.targets[i], self.procs[-1], log_path)
+            if n > 1:
+                self.wait_cluster()
+        except BaseException:
+            self.stop()
+            raise
+        self.pids = [p.pid for p in self.procs]
+
+    def defines(self, ports: list[int], i: int) -> list[str]:
+        peers = [p for j, p in enumerate(ports) if j != i]
+        if len(peers) != 2:
+            raise SystemExit("kamailio-dmq.cfg lists 2 peers: a DMQ cluster of 3 instances")
+        return [
+            "-A", f'DMQ_SERVER="sip:127.0.0.1:{ports[i]}"',
+            "-A", f'DMQ_PEER1="sip:127.0.0.1:{peers[0]}"',
+            "-A", f'DMQ_PEER2="sip:127.0.0.1:{peers[1]}"',
+            "-A", f'CTL_SOCKET="unix:{self.ctl[i]}"',
+        ]  # fmt: skip
+
+    def kamcmd(self, i: int, *command: str) -> str:
+        assert KAMCMD is not None
+        run = subprocess.run(
+            [KAMCMD, "-s", f"unix:{self.ctl[i]}", *command],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        if run.returncode != 0:
+            raise RuntimeError(f"kamcmd {' '.join(command)}: {run.stdout}{run.stderr}".strip())
+        return run.stdout
+
+    def wait_cluster(self, timeout: float = 30.0) -> None:
+        """Until every instance lists every instance as an active DMQ node."""
+        if KAMCMD is None:
+            time.sleep(2)  # no way to ask; DMQ's start-up notifications take well under that
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            active = []
+            for i in range(self.nodes):
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                    active.append(self.kamcmd(i, "dmq.list_nodes").count("status: active"))
+            if active == [self.nodes] * self.nodes:
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the DMQ cluster did not form in {timeout} s: {active} active")
+            time.sleep(0.3)
+
+    def usrloc_counts(self, i: int) -> dict[str, int]:
+        """usrloc's statistics of instance ``i`` (location_users: the AORs it holds)."""
+        out = {}
+        for m in re.finditer(r"usrloc:(\w+) = (\d+)", self.kamcmd(i, "stats.get_statistics",
+                                                                  "usrloc:")):  # fmt: skip
+            out[m.group(1)] = int(m.group(2))
+        return out
+
+    def check_replication(self, users: int, timeout: float = 20.0) -> dict[str, object]:
+        """After the run: does every instance hold every user? Only the benchmark's users
+        (bench0 .. bench<users-1>) ever registered, so an instance holding ``users`` AORs holds
+        all of them. Replication is asynchronous: wait up to ``timeout`` s for it to catch up."""
+        if KAMCMD is None:
+            return {"checked": False, "why": "kamcmd missing"}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                counts = [self.usrloc_counts(i) for i in range(self.nodes)]
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                return {"checked": False, "why": str(e)}
+            aors = [c.get("location_users", 0) for c in counts]
+            if all(a >= users for a in aors) or time.monotonic() > deadline:
+                return {
+                    "checked": True,
+                    "users": users,
+                    "aors_per_instance": aors,
+                    "contacts_per_instance": [c.get("location_contacts", 0) for c in counts],
+                    "all_hold_all": all(a >= users for a in aors),
+                }
+            time.sleep(0.5)
 
     def rss_kib(self) -> list[int]:
         # Its processes share one shm segment; summing their RSS would count it once per
-        # process, so the figure is the proportional set size of the whole process tree.
-        pids = [self.proc.pid, *children_of(self.proc.pid)]
-        return [sum(pss_kib(p) for p in pids)]
+        # process, so the figure is the proportional set size of each instance's whole tree.
+        return [sum(pss_kib(q) for q in [p.pid, *children_of(p.pid)]) for p in self.procs]
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.log.close()
+        for p in self.procs:
+            kill_group(p)
+        for log in self.logs:
+            log.close()
 
 
 def wait_udp_answers(
@@ -348,15 +543,24 @@ class Ring(System):
             time.sleep(0.3)
         raise SystemExit(f"the {self.nodes}-node ring did not form in {timeout} s")
 
-    def bindings(self) -> int:
-        """Bindings stored on all nodes, replicas included (from /metrics)."""
-        total = 0
+    def metrics(self) -> list[str]:
+        """Each node's /metrics text."""
+        out = []
         for info in self.infos:
             with urllib.request.urlopen(f"http://{info['admin']}/metrics", timeout=30) as r:
-                text = r.read().decode()
-            for m in re.finditer(r"^p2preg_sip_bindings\{role=\"\w+\"\} (\d+)", text, re.M):
-                total += int(m.group(1))
-        return total
+                out.append(r.read().decode())
+        return out
+
+    def bindings(self) -> int:
+        """Bindings stored on all nodes, replicas included (from /metrics)."""
+        total = 0.0
+        for text in self.metrics():
+            for m in re.finditer(rf"^p2preg_sip_bindings\{{role=\"\w+\"\}} ({NUMBER})", text, re.M):
+                total += float(m.group(1))
+        return int(total)
+
+    def lag_buckets(self) -> list[dict[float, float]] | None:
+        return [histogram(text, "p2preg_event_loop_lag_seconds") for text in self.metrics()]
 
     def lmdb_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.glob("node*/store/**/data.mdb"))
@@ -398,13 +602,20 @@ RECV_COLUMN = re.compile(r"^\d+_(\d{3})_Recv$")
 def run_step(
     system: System, rate: float, duration: float, users: list[Path], workdir: Path, *,
     rtt: bool = False, scenario: Path = SCENARIO, expect: int = 200,
-    calls_each: list[int] | None = None,
+    calls_each: list[int] | None = None, in_flight: int | None = None,
+    total: int | None = None, rotate: bool = False,
 ) -> Step:  # fmt: skip
     """One SIPp per target running ``scenario``, sharing ``rate``, for ``duration`` s;
     counters summed. SIPp ``i`` calls the users of ``users[i]`` from its own fixed port, so
     every REGISTER run refreshes the same one binding per user instead of adding one per run
     (max_contacts would then 503). A call counts as ok when it got ``expect``. SIPp ``i``
-    makes ``calls_each[i]`` calls, by default an even share of ``rate * duration``."""
+    makes ``calls_each[i]`` calls, by default an even share of ``rate * duration``.
+
+    Closed loop (``in_flight``): no rate; the SIPps keep ``in_flight`` calls in flight between
+    them (``-users``), each call starting the next as it ends, for ``total`` calls or, without
+    it, for ``duration`` s (then SIGUSR1: SIPp starts no new call, finishes those in flight and
+    exits). ``rotate``: SIPp ``i`` sends to the next target, not its own (lookups of users
+    registered through another node). The system's CPU time is read before and after."""
     assert SIPP is not None
     if not system.sipp_ports:
         system.sipp_ports = [fixed_port() for _ in system.targets]
@@ -416,49 +627,76 @@ def run_step(
             print(f"  SIPp port {port} taken; now {system.sipp_ports[i]}", flush=True)
     n = len(system.targets)
     share = rate / n
+    timed = in_flight is not None and total is None  # stopped by a signal after ``duration``
     if calls_each is None:
         # The remainder spread over the first SIPps: every system gets the same total.
-        total = max(n, int(rate * duration))
+        total = total if total is not None else max(n, int(rate * duration))
         calls_each = [total // n + (i < total % n) for i in range(n)]
-    step = Step(rate=rate, calls=sum(calls_each), expect=expect)
-    procs = []
+    users_each = [0] * n
+    if in_flight is not None:
+        users_each = [max(1, in_flight // n + (i < in_flight % n)) for i in range(n)]
+    step = Step(rate=rate, calls=sum(calls_each), expect=expect, in_flight=in_flight)
+    procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
     dirs = []
-    started = time.monotonic()
-    for i, target in enumerate(system.targets):
-        d = workdir / f"{system.name}{system.nodes}-r{rate:g}-{i}{'-rtt' if rtt else ''}"
-        d.mkdir(parents=True)
-        dirs.append(d)
-        cmd = [
-            SIPP, f"{target[0]}:{target[1]}",
-            "-sf", str(scenario), "-inf", str(users[i]),
-            "-t", "u1", "-i", "127.0.0.1", "-p", str(system.sipp_ports[i]),
-            "-m", str(calls_each[i]), "-r", f"{share:g}",
-            # Enough concurrent calls for 2 s of load: an overloaded server is then still
-            # offered the full rate rather than SIPp throttling itself to the server's pace.
-            "-l", str(max(50, int(share * 2))),
-            "-nostdin", "-recv_timeout", "10000", "-timeout", f"{int(duration * 3 + 60)}s",
-            "-trace_stat", "-stf", str(d / "stat.csv"), "-fd", "1",
-            "-trace_counts", "-trace_err", "-error_file", str(d / "errors.log"),
-        ]  # fmt: skip
-        if rtt:
-            cmd += ["-trace_rtt", "-rtt_freq", "1"]
-        out = open(d / "sipp.out", "wb")  # noqa: SIM115 - closed below
-        procs.append((subprocess.Popen(cmd, cwd=d, stdout=out, stderr=out), out))
-    for (p, out), d in zip(procs, dirs, strict=True):
-        try:
-            p.wait(duration * 3 + 90)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        out.close()
-        if p.returncode not in (0, 1):
-            # Not "all calls succeeded" nor "some failed": SIPp itself failed (its calls count
-            # as failed below); say why.
-            tail = (d / "sipp.out").read_text(errors="replace").strip().splitlines()[-1:]
-            print(f"  SIPp in {d.name} exited {p.returncode}: {' '.join(tail)}", flush=True)
-    step.elapsed = time.monotonic() - started
+    tag = f"c{in_flight}" if in_flight is not None else f"r{rate:g}"
+    try:
+        cpu_before = system.cpu_seconds()
+        started = time.monotonic()
+        for i in range(n):
+            target = system.targets[(i + 1) % n if rotate else i]
+            d = workdir / f"{system.name}{system.nodes}-{tag}-{i}{'-rtt' if rtt else ''}"
+            d.mkdir(parents=True)
+            dirs.append(d)
+            cmd = [
+                SIPP, f"{target[0]}:{target[1]}",
+                "-sf", str(scenario), "-inf", str(users[i]),
+                "-t", "u1", "-i", "127.0.0.1", "-p", str(system.sipp_ports[i]),
+                "-nostdin", "-recv_timeout", "10000", "-timeout", f"{int(duration * 3 + 60)}s",
+                "-trace_stat", "-stf", str(d / "stat.csv"), "-fd", "1",
+                "-trace_counts", "-trace_err", "-error_file", str(d / "errors.log"),
+            ]  # fmt: skip
+            if in_flight is None:
+                # Enough concurrent calls for 2 s of load: an overloaded server is then still
+                # offered the full rate rather than SIPp throttling itself to its pace.
+                cmd += ["-m", str(calls_each[i]), "-r", f"{share:g}",
+                        "-l", str(max(50, int(share * 2)))]  # fmt: skip
+            else:
+                cmd += ["-users", str(users_each[i]),
+                        "-m", str(10**9 if timed else calls_each[i])]  # fmt: skip
+            if rtt:
+                # Closed loop runs fast: SIPp writes its samples in batches there.
+                cmd += ["-trace_rtt", "-rtt_freq", "1" if in_flight is None else "100"]
+            out = open(d / "sipp.out", "wb")  # noqa: SIM115 - closed below
+            procs.append((subprocess.Popen(cmd, cwd=d, stdout=out, stderr=out), out))
+        if timed:
+            time.sleep(max(0.0, started + duration - time.monotonic()))
+            for p, _ in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGUSR1)
+        for (p, _), d in zip(procs, dirs, strict=True):
+            try:
+                p.wait(duration * 3 + 90)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.returncode not in (0, 1):
+                # Not "all calls succeeded" nor "some failed": SIPp itself failed (its calls
+                # count as failed below); say why.
+                tail = (d / "sipp.out").read_text(errors="replace").strip().splitlines()[-1:]
+                print(f"  SIPp in {d.name} exited {p.returncode}: {' '.join(tail)}", flush=True)
+        step.elapsed = time.monotonic() - started
+        step.cpu_s = system.cpu_seconds() - cpu_before
+    finally:
+        # Whatever went wrong (^C included), no SIPp outlives its step.
+        for p, out in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            out.close()
     times: list[float] = []
     successful = 0
+    if timed:
+        step.calls = 0
     for d, calls in zip(dirs, calls_each, strict=True):
         stat = last_row(d / "stat.csv") if (d / "stat.csv").exists() else {}
         step.failed += int(stat.get("FailedCall(C)", 0) or 0)
@@ -471,11 +709,15 @@ def run_step(
                 if m := RECV_COLUMN.match(column):
                     code = int(m.group(1))
                     step.codes[code] = step.codes.get(code, 0) + int(value or 0)
-        # Calls SIPp never completed at all (killed, or never started) are failures too.
         successful += int(stat.get("SuccessfulCall(C)", 0) or 0)
         done = int(stat.get("SuccessfulCall(C)", 0) or 0) + int(stat.get("FailedCall(C)", 0) or 0)
-        step.failed += max(0, calls - done)
-        step.unanswered += max(0, calls - done)
+        if timed:
+            # As many calls as SIPp made: it stopped starting them when told to.
+            step.calls += done
+        else:
+            # Calls SIPp never completed at all (killed, or never started) are failures too.
+            step.failed += max(0, calls - done)
+            step.unanswered += max(0, calls - done)
         for path in d.glob("*_rtt.csv"):
             for line in path.read_text().splitlines()[1:]:
                 parts = line.split(";")
@@ -505,7 +747,7 @@ def ladder_rates(rates: list[float], extend: bool) -> list[float]:
 
 def ladder(
     system: System, rates: list[float], duration: float, users_csv: list[Path], workdir: Path,
-    *, scenario: Path = SCENARIO, expect: int = 200,
+    *, scenario: Path = SCENARIO, expect: int = 200, rotate: bool = False,
 ) -> tuple[list[Step], float]:  # fmt: skip
     """Step the rate up until a step is not sustained: the steps, and the highest sustained
     rate (0 when none was)."""
@@ -513,7 +755,7 @@ def ladder(
     best = 0.0
     for rate in rates:
         step = run_step(system, rate, duration, users_csv, workdir, scenario=scenario,
-                        expect=expect)  # fmt: skip
+                        expect=expect, rotate=rotate)  # fmt: skip
         steps.append(step)
         ok = step.sustained(duration)
         print(f"  {system.name} x{system.nodes} {rate:>6g}/s: {expect}={step.ok} "
@@ -544,40 +786,72 @@ def register_all(
     return step
 
 
+def closed_loop(
+    system: System, args: argparse.Namespace, users_csv: list[Path], workdir: Path, *,
+    scenario: Path = SCENARIO, expect: int = 200, rotate: bool = False,
+) -> Step:  # fmt: skip
+    """SIPp keeping --in-flight calls in flight for --closed-calls calls or --closed-duration
+    s: the rate the system achieves, its response times and its CPU per call."""
+    step = run_step(system, 0.0, args.closed_duration, users_csv, workdir, rtt=True,
+                    scenario=scenario, expect=expect, in_flight=args.in_flight,
+                    total=args.closed_calls, rotate=rotate)  # fmt: skip
+    cpu = step.cpu_per_call_s
+    print(f"  {system.name} x{system.nodes} closed loop, {args.in_flight} in flight: "
+          f"{step.goodput:.0f} {expect}/s, not {expect}={step.not_ok} {step.codes}, "
+          f"retrans={step.retrans}, p50={step.p50} p99={step.p99} ms, "
+          f"CPU {cpu * 1e6 if cpu else float('nan'):.0f} us/call", flush=True)  # fmt: skip
+    settle(system)
+    return step
+
+
 def bench_register(
     system: System, args: argparse.Namespace, users_csv: list[Path], workdir: Path, res: Result
 ) -> None:
     # Every user is registered first so that every measured step updates existing bindings
     # at the same table size, whichever step it is.
     register_all(system, args, users_csv, workdir)
-    rates = ladder_rates(args.rates, args.extend)
-    res.steps, res.max_rate = ladder(system, rates, args.duration, users_csv, workdir)
-    base = res.max_rate or args.rates[0]
-    half = run_step(system, base / 2, args.duration, users_csv, workdir / "half", rtt=True)
-    res.p50_ms, res.p99_ms = half.p50, half.p99
-    over = run_step(system, base * 2, args.duration, users_csv, workdir / "over")
-    res.overload_rate = base * 2
-    res.overload_goodput = over.goodput
-    res.overload_ok, res.overload_503, res.overload_unanswered = (
-        over.ok,
-        over.busy,
-        over.unanswered,
-    )
-    print(f"  {system.name} x{system.nodes} 50%: p50={half.p50} p99={half.p99} ms; "
-          f"2x: {over.goodput:.0f} 200/s, 503={over.busy}, unanswered={over.unanswered}",
-          flush=True)  # fmt: skip
+    settle(system)
+    if args.closed:
+        before = system.lag_buckets()
+        res.closed = closed_loop(system, args, users_csv, workdir / "closed")
+        after = system.lag_buckets()
+        if before is not None and after is not None:
+            res.closed_lag = [lag_summary(h) for h in lag_diff(after, before)]
+    if args.ladder:
+        rates = ladder_rates(args.rates, args.extend)
+        res.steps, res.max_rate = ladder(system, rates, args.duration, users_csv, workdir)
+        base = res.max_rate or args.rates[0]
+        half = run_step(system, base / 2, args.duration, users_csv, workdir / "half", rtt=True)
+        res.p50_ms, res.p99_ms = half.p50, half.p99
+        over = run_step(system, base * 2, args.duration, users_csv, workdir / "over")
+        res.overload_rate = base * 2
+        res.overload_goodput = over.goodput
+        res.overload_ok, res.overload_503, res.overload_unanswered = (
+            over.ok,
+            over.busy,
+            over.unanswered,
+        )
+        print(f"  {system.name} x{system.nodes} 50%: p50={half.p50} p99={half.p99} ms; "
+              f"2x: {over.goodput:.0f} 200/s, 503={over.busy}, unanswered={over.unanswered}",
+              flush=True)  # fmt: skip
 
 
 def bench_lookup(
     system: System, args: argparse.Namespace, users_csv: list[Path], workdir: Path
 ) -> Lookup:
+    # Every lookup goes to another node than the one its user registered through (on more
+    # than one node): a replicated registrar must answer from what it replicated.
     lookups = workdir / "lookup"
     fixed = run_step(system, args.lookup_rate, args.duration, users_csv, lookups / "fixed",
-                     rtt=True, scenario=INVITE_SCENARIO, expect=302)  # fmt: skip
+                     rtt=True, scenario=INVITE_SCENARIO, expect=302, rotate=True)  # fmt: skip
     print(f"  {system.name} x{system.nodes} lookups at {args.lookup_rate:g}/s: "
           f"{fixed.goodput:.0f} 302/s, not 302={fixed.not_ok} {fixed.codes}, "
           f"retrans={fixed.retrans}, p50={fixed.p50} p99={fixed.p99} ms", flush=True)  # fmt: skip
     res = Lookup(fixed)
+    if args.closed:
+        settle(system)
+        res.closed = closed_loop(system, args, users_csv, lookups / "closed",
+                                 scenario=INVITE_SCENARIO, expect=302, rotate=True)  # fmt: skip
     if args.lookup_ladder:
         settle(system)
         rates = ladder_rates(args.lookup_rates, args.lookup_extend)
@@ -588,7 +862,7 @@ def bench_lookup(
             rates = [r for r in rates if r > floor]
             res.steps.append(fixed)
         steps, best = ladder(system, rates, args.duration, users_csv, lookups / "ladder",
-                             scenario=INVITE_SCENARIO, expect=302)  # fmt: skip
+                             scenario=INVITE_SCENARIO, expect=302, rotate=True)  # fmt: skip
         res.steps += steps
         res.max_rate = max(best, floor)
     return res
@@ -609,62 +883,246 @@ def bench(system: System, args: argparse.Namespace, root: Path, workdir: Path) -
         settle(system)
         res.lookup = bench_lookup(system, args, users_csv, workdir)
     res.rss_kib = system.rss_kib()
+    lag = system.lag_buckets()
+    if lag is not None:
+        res.lag = [lag_summary(h) for h in lag]
     if isinstance(system, Ring):
         res.bindings = system.bindings()
         if res.bindings:
             res.lmdb_bytes_per_binding = system.lmdb_bytes() / res.bindings
+    if isinstance(system, Kamailio) and system.nodes > 1:
+        res.replication = system.check_replication(args.users)
+        print(f"  {system.name} x{system.nodes} after the run: {replication_line(res)}",
+              flush=True)  # fmt: skip
     return res
 
 
+def replication_line(r: Result) -> str:
+    rep = r.replication or {}
+    if not rep.get("checked"):
+        return f"replication not checked ({rep.get('why', '?')})"
+    aors = "/".join(str(a) for a in rep["aors_per_instance"])  # type: ignore[attr-defined]
+    verdict = "every instance holds every user" if rep["all_hold_all"] else "users MISSING"
+    return f"AORs held per instance {aors} of {rep['users']} users: {verdict}"
+
+
+# --- tables and JSON -----------------------------------------------------------------------
+
+
+def find(results: list[Result], system: str, nodes: int) -> Result | None:
+    return next((r for r in results if r.system == system and r.nodes == nodes), None)
+
+
+def baseline(r: Result, results: list[Result]) -> Result | None:
+    """What a row is compared with: p2preg on 1 node with Kamailio, on N nodes with the
+    Kamailio DMQ cluster of N instances; the DMQ cluster with the single Kamailio."""
+    if r.system == "kamailio":
+        return r
+    if r.system == "kamailio-dmq" or r.nodes == 1:
+        return find(results, "kamailio", 1)
+    return find(results, "kamailio-dmq", r.nodes)
+
+
+def one_node(r: Result, results: list[Result]) -> Result | None:
+    """The same software on one node: p2preg's 1-node ring, or the single Kamailio."""
+    return find(results, "p2preg" if r.system == "p2preg" else "kamailio", 1)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b or a != a or b != b:
+        return None
+    return a / b
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None or x != x else format(x, spec)
+
+
+def closed_rate(step: Step | None) -> float | None:
+    return step.goodput if step is not None else None
+
+
+def cpu_us(step: Step | None) -> float | None:
+    cpu = step.cpu_per_call_s if step is not None else None
+    return cpu * 1e6 if cpu is not None else None
+
+
+def lag_cell(lags: list[dict[str, float | None]] | None) -> str:
+    """The worst node's lag p99 and max bucket, in ms: "2/50" (">2000" past the last bound)."""
+    if not lags:
+        return "-"
+
+    def ms(key: str) -> str:
+        values = [lag[key] for lag in lags if lag[key] is not None]
+        if not values:
+            return "-"
+        worst = max(v for v in values if v is not None)
+        return f">{LAST_LAG_BOUND_MS:g}" if math.isinf(worst) else f"{worst * 1000:g}"
+
+    return f"{ms('p99_s')}/{ms('max_s')}"
+
+
+# The last finite bucket bound of p2preg_event_loop_lag_seconds (p2preg/node.py LAG_BUCKETS).
+LAST_LAG_BOUND_MS = 2000.0
+
+
 def table(results: list[Result]) -> str:
-    kam = next((r.max_rate for r in results if r.system == "kamailio"), 0.0)
-    head = (f"{'system':<9} {'nodes':>5} {'max/s':>7} {'x kam':>6} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'2x 200/s':>9} {'x own':>6} {'all ans':>7} {'RSS MiB/node':>12} "
-            f"{'LMDB B/bind':>11}")  # fmt: skip
+    head = (f"{'system':<12} {'nodes':>5} {'max/s':>7} {'x base':>6} {'x closed':>8} "
+            f"{'p50 ms':>7} {'p99 ms':>7} {'2x 200/s':>9} {'x own':>6} {'all ans':>7} "
+            f"{'RSS MiB/node':>12} {'LMDB B/bind':>11} {'lag p99/max ms':>14}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in results:
-        ratio = f"{r.max_rate / kam:.2f}" if kam else "-"
-        own = f"{r.overload_goodput / r.max_rate:.2f}" if r.max_rate else "-"
+        base = baseline(r, results)
         rss = statistics.mean(r.rss_kib) / 1024 if r.rss_kib else 0.0
-        lmdb = f"{r.lmdb_bytes_per_binding:.0f}" if r.lmdb_bytes_per_binding else "-"
         lines.append(
-            f"{r.system:<9} {r.nodes:>5} {r.max_rate:>7g} {ratio:>6} {r.p50_ms:>7.1f} "
-            f"{r.p99_ms:>7.1f} {r.overload_goodput:>9.0f} {own:>6} "
-            f"{'yes' if r.overload_unanswered == 0 else 'no':>7} {rss:>12.1f} {lmdb:>11}"
+            f"{r.system:<12} {r.nodes:>5} {r.max_rate:>7g} "
+            f"{fmt(ratio(r.max_rate, base.max_rate if base else None)):>6} "
+            f"{fmt(ratio(r.max_rate, closed_rate(r.closed))):>8} {r.p50_ms:>7.1f} "
+            f"{r.p99_ms:>7.1f} {r.overload_goodput:>9.0f} "
+            f"{fmt(ratio(r.overload_goodput, r.max_rate)):>6} "
+            f"{'yes' if r.overload_unanswered == 0 else 'no':>7} {rss:>12.1f} "
+            f"{fmt(r.lmdb_bytes_per_binding, '.0f'):>11} {lag_cell(r.lag):>14}"
         )
     return "\n".join(lines)
 
 
-def kamailio_lookup(results: list[Result]) -> Lookup | None:
-    return next((r.lookup for r in results if r.system == "kamailio"), None)
+def closed_table(results: list[Result], what: str) -> str:
+    """The closed-loop table of REGISTER (``what`` "register") or of lookups ("lookup")."""
+    answer = "200/s" if what == "register" else "302/s"
+    head = (f"{'system':<12} {'nodes':>5} {'in flight':>9} {answer:>7} {'x base':>6} "
+            f"{'p50 ms':>7} {'p99 ms':>7} {'failed':>7} {'retrans':>7} {'CPU us/call':>11} "
+            f"{'x 1 node':>8}")  # fmt: skip
+    if what == "register":
+        head += f" {'lag p99/max ms':>14}"
+    lines = [head, "-" * len(head)]
+
+    def step_of(r: Result | None) -> Step | None:
+        if r is None:
+            return None
+        if what == "register":
+            return r.closed
+        return r.lookup.closed if r.lookup is not None else None
+
+    for r in results:
+        s = step_of(r)
+        if s is None:
+            continue
+        base = step_of(baseline(r, results))
+        one = step_of(one_node(r, results))
+        line = (
+            f"{r.system:<12} {r.nodes:>5} {s.in_flight or 0:>9} {s.goodput:>7.0f} "
+            f"{fmt(ratio(s.goodput, closed_rate(base))):>6} {s.p50:>7.1f} {s.p99:>7.1f} "
+            f"{s.not_ok:>7} {s.retrans:>7} {fmt(cpu_us(s), '.0f'):>11} "
+            f"{fmt(ratio(cpu_us(s), cpu_us(one))):>8}"
+        )
+        if what == "register":
+            line += f" {lag_cell(r.closed_lag):>14}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def lookup_ratios(look: Lookup, kam: Lookup | None) -> tuple[float | None, float | None]:
-    """This system's 302/s at the fixed rate and max sustained lookup rate over Kamailio's."""
-    per_s = look.fixed.goodput / kam.fixed.goodput if kam and kam.fixed.goodput else None
-    best = (
-        look.max_rate / kam.max_rate if kam and kam.max_rate and look.max_rate is not None else None
-    )
+    """This system's 302/s at the fixed rate and max sustained lookup rate over another's."""
+    per_s = ratio(look.fixed.goodput, kam.fixed.goodput) if kam else None
+    best = ratio(look.max_rate, kam.max_rate) if kam else None
     return per_s, best
 
 
 def lookup_table(results: list[Result]) -> str:
-    kam = kamailio_lookup(results)
-    head = (f"{'system':<9} {'nodes':>5} {'rate/s':>7} {'302/s':>7} {'x kam':>6} "
+    head = (f"{'system':<12} {'nodes':>5} {'rate/s':>7} {'302/s':>7} {'x base':>6} "
             f"{'failed':>7} {'retrans':>7} {'p50 ms':>7} {'p99 ms':>7} {'max/s':>7} "
-            f"{'max x kam':>9}")  # fmt: skip
+            f"{'max x base':>10}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in results:
         if r.lookup is None:
             continue
         f = r.lookup.fixed
-        per_s, best = lookup_ratios(r.lookup, kam)
+        base = baseline(r, results)
+        per_s, best = lookup_ratios(r.lookup, base.lookup if base else None)
         top = f"{r.lookup.max_rate:g}" if r.lookup.max_rate is not None else "-"
         lines.append(
-            f"{r.system:<9} {r.nodes:>5} {f.rate:>7g} {f.goodput:>7.0f} "
-            f"{f'{per_s:.2f}' if per_s is not None else '-':>6} {f.not_ok:>7} {f.retrans:>7} "
-            f"{f.p50:>7.1f} {f.p99:>7.1f} {top:>7} {f'{best:.2f}' if best is not None else '-':>9}"
+            f"{r.system:<12} {r.nodes:>5} {f.rate:>7g} {f.goodput:>7.0f} {fmt(per_s):>6} "
+            f"{f.not_ok:>7} {f.retrans:>7} {f.p50:>7.1f} {f.p99:>7.1f} {top:>7} {fmt(best):>10}"
         )
+    return "\n".join(lines)
+
+
+def targets(results: list[Result]) -> list[dict[str, object]]:
+    """The targets of issue 9, each with the figure this run measured."""
+    out: list[dict[str, object]] = []
+
+    def add(what: str, value: float | None, op: str, limit: float, unit: str = "") -> None:
+        met = None
+        if value is not None and value == value:
+            met = {">=": value >= limit, "<": value < limit, "<=": value <= limit}[op]
+        out.append({"target": what, "value": value, "op": op, "limit": limit, "unit": unit,
+                    "met": met})  # fmt: skip
+
+    def lookup_closed(r: Result | None) -> float | None:
+        return closed_rate(r.lookup.closed) if r and r.lookup else None
+
+    kam = find(results, "kamailio", 1)
+    one = find(results, "p2preg", 1)
+    rings = [r for r in results if r.system == "p2preg" and r.nodes > 1]
+    if one is not None:
+        add(
+            "closed loop REGISTER/s, p2preg 1 node / Kamailio",
+            ratio(closed_rate(one.closed), closed_rate(kam.closed if kam else None)),
+            ">=",
+            0.5,
+        )
+    for r in rings:
+        dmq = find(results, "kamailio-dmq", r.nodes)
+        add(
+            f"closed loop REGISTER/s, p2preg {r.nodes} nodes / DMQ cluster",
+            ratio(closed_rate(r.closed), closed_rate(dmq.closed if dmq else None)),
+            ">=",
+            0.7,
+        )
+        add(
+            f"ladder max/s, p2preg {r.nodes} nodes / its closed loop",
+            ratio(r.max_rate, closed_rate(r.closed)),
+            ">=",
+            0.5,
+        )
+    if one is not None:
+        add("p99 REGISTER at 50% of max, p2preg 1 node", one.p99_ms, "<", 10.0, "ms")
+    for r in rings:
+        add(f"p99 REGISTER at 50% of max, p2preg {r.nodes} nodes", r.p99_ms, "<", 20.0, "ms")
+    for r in rings:
+        add(
+            f"CPU per REGISTER, p2preg {r.nodes} nodes / 1 node",
+            ratio(cpu_us(r.closed), cpu_us(one.closed if one else None)),
+            "<=",
+            2.5,
+        )
+    if one is not None:
+        add(
+            "closed loop lookups/s, p2preg 1 node / Kamailio",
+            ratio(lookup_closed(one), lookup_closed(kam)),
+            ">=",
+            0.5,
+        )
+    for r in rings:
+        dmq = find(results, "kamailio-dmq", r.nodes)
+        add(
+            f"closed loop lookups/s, p2preg {r.nodes} nodes / DMQ cluster",
+            ratio(lookup_closed(r), lookup_closed(dmq)),
+            ">=",
+            0.7,
+        )
+    return out  # fmt: skip
+
+
+def targets_table(rows: list[dict[str, object]]) -> str:
+    head = f"{'target (issue 9)':<52} {'measured':>9} {'target':>9} {'met':>4}"
+    lines = [head, "-" * len(head)]
+    for t in rows:
+        value = t["value"]
+        shown = fmt(value if isinstance(value, float) else None, ".2f") + str(t["unit"])
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "no")
+        limit = f"{t['op']}{t['limit']:g}{t['unit']}"
+        lines.append(f"{t['target']:<52} {shown:>9} {limit:>9} {met:>4}")
     return "\n".join(lines)
 
 
@@ -672,8 +1130,33 @@ def step_json(step: Step) -> dict[str, object]:
     return {**asdict(step), "goodput": step.goodput, "not_ok": step.not_ok}
 
 
-def lookup_json(look: Lookup, kam: Lookup | None, duration: float) -> dict[str, object]:
+def closed_json(step: Step | None, base: Step | None, one: Step | None) -> dict[str, object] | None:
+    if step is None:
+        return None
+    return {
+        "in_flight": step.in_flight,
+        "calls": step.calls,
+        "ok": step.ok,
+        "ok_per_s": step.goodput,
+        "failed": step.not_ok,
+        "codes": step.codes,
+        "retrans": step.retrans,
+        "unanswered": step.unanswered,
+        "elapsed_s": step.elapsed,
+        "p50_ms": step.p50,
+        "p99_ms": step.p99,
+        "cpu_s": step.cpu_s,
+        "cpu_us_per_call": cpu_us(step),
+        "ok_per_s_ratio_to_baseline": ratio(step.goodput, closed_rate(base)),
+        "cpu_per_call_ratio_to_one_node": ratio(cpu_us(step), cpu_us(one)),
+    }
+
+
+def lookup_json(
+    look: Lookup, kam: Lookup | None, base: Lookup | None, one: Lookup | None, duration: float
+) -> dict[str, object]:
     per_s, best = lookup_ratios(look, kam)
+    base_per_s, base_best = lookup_ratios(look, base)
     f = look.fixed
     return {
         "rate": f.rate,
@@ -689,32 +1172,61 @@ def lookup_json(look: Lookup, kam: Lookup | None, duration: float) -> dict[str, 
         "p99_ms": f.p99,
         "sustained": f.sustained(duration),
         "ok_per_s_ratio_to_kamailio": per_s,
+        "ok_per_s_ratio_to_baseline": base_per_s,
         "max_rate": look.max_rate,
         "max_rate_ratio_to_kamailio": best,
+        "max_rate_ratio_to_baseline": base_best,
         "steps": [step_json(s) for s in look.steps],
+        "closed": closed_json(
+            look.closed, base.closed if base else None, one.closed if one else None
+        ),
     }
 
 
 def result_json(r: Result, results: list[Result], duration: float) -> dict[str, object]:
-    kam = next((x.max_rate for x in results if x.system == "kamailio"), 0.0)
+    kam = find(results, "kamailio", 1)
+    base = baseline(r, results)
+    one = one_node(r, results)
     doc: dict[str, object] = {
         "system": r.system,
         "nodes": r.nodes,
+        "baseline": f"{base.system} x{base.nodes}" if base else None,
         "rss_kib": r.rss_kib,
         "bindings": r.bindings,
         "lmdb_bytes_per_binding": r.lmdb_bytes_per_binding,
+        "event_loop_lag": r.lag,
+        "replication": r.replication,
     }
     if r.registered:
-        doc.update({k: v for k, v in asdict(r).items() if k not in ("steps", "lookup")})
+        skip = ("steps", "lookup", "closed", "lag", "closed_lag", "replication")
+        doc.update({k: v for k, v in asdict(r).items() if k not in skip})
         doc.update({
-            "ratio_to_kamailio": r.max_rate / kam if kam else None,
-            "overload_ratio_to_own_max": r.overload_goodput / r.max_rate if r.max_rate else None,
+            "ratio_to_kamailio": ratio(r.max_rate, kam.max_rate if kam else None),
+            "ratio_to_baseline": ratio(r.max_rate, base.max_rate if base else None),
+            "max_rate_ratio_to_closed_loop": ratio(r.max_rate, closed_rate(r.closed)),
+            "overload_ratio_to_own_max": ratio(r.overload_goodput, r.max_rate),
             "all_answered": r.overload_unanswered == 0,
             "steps": [step_json(s) for s in r.steps],
+            "closed": closed_json(r.closed, base.closed if base else None,
+                                  one.closed if one else None),
+            "closed_event_loop_lag": r.closed_lag,
         })  # fmt: skip
-    kam_lookup = kamailio_lookup(results)
-    doc["lookup"] = lookup_json(r.lookup, kam_lookup, duration) if r.lookup else None
+    doc["lookup"] = (
+        lookup_json(
+            r.lookup,
+            kam.lookup if kam else None,
+            base.lookup if base else None,
+            one.lookup if one else None,
+            duration,
+        )
+        if r.lookup
+        else None
+    )
     return doc
+
+
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -727,6 +1239,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="200 users, 2 s steps at 100 and 200/s, lookups at 100/s: "
                              "a smoke run")  # fmt: skip
     parser.add_argument("--no-kamailio", action="store_true", help="p2preg rings only")
+    parser.add_argument("--no-dmq", action="store_true",
+                        help="no Kamailio DMQ cluster beside the multi-node rings")  # fmt: skip
+    parser.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT,
+                        help="closed loop: calls SIPp keeps in flight (-users), over all "
+                             f"SIPps of a system (default {DEFAULT_IN_FLIGHT})")  # fmt: skip
+    closed = parser.add_mutually_exclusive_group()
+    closed.add_argument("--closed-duration", type=float, default=None,
+                        help="closed loop: seconds of each run (default --duration)")  # fmt: skip
+    closed.add_argument("--closed-calls", type=int, default=None,
+                        help="closed loop: calls of each run instead of a duration")  # fmt: skip
+    closed.add_argument("--no-closed", action="store_true", help="no closed-loop runs")
+    parser.add_argument("--no-ladder", action="store_true",
+                        help="REGISTER: the closed loop only, no fixed-rate ladder")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (SIPp traces, server logs)")  # fmt: skip
@@ -761,6 +1286,13 @@ def main(argv: list[str] | None = None) -> int:
     args.lookup_rate = args.lookup_rate or DEFAULT_LOOKUP_RATE
     args.lookup_ladder = not args.no_lookup_ladder
     args.register = not args.only_lookup
+    args.closed = not args.no_closed
+    args.ladder = not args.no_ladder
+    args.closed_duration = args.closed_duration or args.duration
+    if args.in_flight < 1:
+        parser.error("--in-flight must be at least 1")
+    if not args.no_kamailio and not args.no_dmq and any(n not in (1, 3) for n in args.nodes):
+        parser.error("the Kamailio DMQ cluster has 3 instances: --nodes 1 3, or --no-dmq")
     args.lookup = not args.no_lookup
     if SIPP is None:
         print("sipp is missing: apt-get install sip-tester (or make tools)", file=sys.stderr)
@@ -768,16 +1300,22 @@ def main(argv: list[str] | None = None) -> int:
     if KAMAILIO is None and not args.no_kamailio:
         print("kamailio is missing: apt-get install kamailio (or make tools)", file=sys.stderr)
         return 2
+    # SIGTERM and SIGHUP unwind like ^C, through every finally below: no Kamailio, SIPp or
+    # node outlives the run.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
     load_at_start = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="bench-register-"))
     results: list[Result] = []
     try:
         plan: list[tuple[str, int]] = [] if args.no_kamailio else [("kamailio", 1)]
+        if not args.no_kamailio and not args.no_dmq:
+            plan += [("kamailio-dmq", n) for n in sorted(set(args.nodes)) if n > 1]
         plan += [("p2preg", n) for n in args.nodes]
         for name, n in plan:
             sysroot = root / f"{name}{n}"
             system: System = (
-                Kamailio(sysroot, args.users) if name == "kamailio" else Ring(sysroot, n)
+                Ring(sysroot, n) if name == "p2preg" else Kamailio(sysroot, args.users, n)
             )
             try:
                 results.append(bench(system, args, root, root / f"{name}{n}-sipp"))
@@ -789,21 +1327,41 @@ def main(argv: list[str] | None = None) -> int:
             "rates": args.rates if args.register else None,
             "lookup_rate": args.lookup_rate if args.lookup else None,
             "lookup_rates": args.lookup_rates if args.lookup and args.lookup_ladder else None,
+            "in_flight": args.in_flight if args.closed else None,
+            "closed_duration_s": args.closed_duration
+            if args.closed and args.closed_calls is None
+            else None,
+            "closed_calls": args.closed_calls if args.closed else None,
             "cpus": os.cpu_count(),
             # Other work on the machine skews absolute figures (ratios less so).
             "load_avg_at_start": load_at_start,
             "results": [result_json(r, results, args.duration) for r in results],
+            "targets": targets(results),
         }
         out = args.json or root.parent / f"{root.name}.json"
         out.write_text(json.dumps(doc, indent=2, allow_nan=True))
-        if args.register:
-            print(f"\nREGISTER over UDP, {args.users} users, {args.duration:g} s steps")
+        loop = (f"{args.in_flight} calls in flight, "
+                + (f"{args.closed_calls} calls" if args.closed_calls is not None
+                   else f"{args.closed_duration:g} s"))  # fmt: skip
+        if args.register and args.closed:
+            print(f"\nREGISTER over UDP, closed loop, {args.users} users, {loop}")
+            print(closed_table(results, "register"))
+        if args.register and args.ladder:
+            print(f"\nREGISTER over UDP, fixed-rate ladder, {args.users} users, "
+                  f"{args.duration:g} s steps")  # fmt: skip
             print(table(results))
         if args.lookup:
             print(f"\nINVITE -> 302 lookups over UDP, {args.users} registered users, "
                   f"{args.duration:g} s at {args.lookup_rate:g}/s"
                   f"{', then the ladder' if args.lookup_ladder else ''}")  # fmt: skip
             print(lookup_table(results))
+        if args.lookup and args.closed:
+            print(f"\nINVITE -> 302 lookups over UDP, closed loop, {loop}")
+            print(closed_table(results, "lookup"))
+        for r in results:
+            if r.replication is not None:
+                print(f"\n{r.system} x{r.nodes} after the run: {replication_line(r)}")
+        print("\n" + targets_table(doc["targets"]))  # type: ignore[arg-type]
         print(f"\nJSON: {out}")
     finally:
         if args.keep:
