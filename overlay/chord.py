@@ -20,6 +20,11 @@ Choices worth knowing:
   other side has just spoken halves the probes without slowing detection by more than a round.
 - Reactive Updates are coalesced for ``ANNOUNCE_DELAY``: a join moves several entries at once,
   and one Update per burst (instead of one per entry) keeps a 1,000-peer join storm cheap.
+- Peers we declared dead are not forgotten at once: their addresses stay in a graveyard
+  (``GRAVEYARD_SIZE`` entries, ``GRAVEYARD_HOLD`` s) and a few are Attached to directly each
+  ping round. A partition that heals, a pause that ends or a peer that was cut off from all
+  its neighbours thus comes back within a few ping rounds, not when hearsay reaches it after
+  ``dead_hold``; a peer left with no neighbour at all rejoins through them.
 - Candidates heard of in an Update are Attached through the neighbour that listed them
   (destination list [neighbour, candidate]): that neighbour knows their address, and routing
   alone cannot reach a peer inside a range we still believe is ours.
@@ -100,6 +105,9 @@ _APP, _CAND, _FINGER, _JOIN, _UPDATE, _LEAVE = range(6)
 DUPLICATE_ID_REASON = "node id already in the ring"
 _UPDATE_ANS = UpdateAns()  # immutable and empty: every answer shares it
 ANNOUNCE_DELAY = 0.05  # s: neighbour changes within this window make one round of Updates
+GRAVEYARD_SIZE = 32  # dead peers whose addresses we keep to try again
+GRAVEYARD_HOLD = 600.0  # s we keep trying a dead peer's address
+GRAVEYARD_PROBES = 2  # dead peers Attached to per ping round
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +190,7 @@ class ChordPeer:
         self._pinged: set[int] = set()
         self._last_round = -INF
         self._dead: dict[int, tuple[float, float]] = {}  # tombstones: id -> (since, until)
+        self._graveyard: dict[int, tuple[Address, float]] = {}  # dead peer -> (address, since)
         self._attaching: dict[int, int] = {}  # candidate -> transaction id
         self._pending: dict[int, _Pending] = {}
         self._rtx: list[tuple[float, int]] = []
@@ -855,6 +864,7 @@ class ChordPeer:
 
     def _revive(self, node: int) -> None:
         self._dead.pop(node, None)
+        self._graveyard.pop(node, None)
 
     def _fits(self, node: int) -> bool:
         me = self._id
@@ -1065,6 +1075,13 @@ class ChordPeer:
         in_lists = node in self._succ or node in self._pred
         if in_lists:
             self._actions.append(PeerLost(node, reason, self._addr.get(node)))
+        address = self._addr.get(node)
+        if address is not None and reason is not LossReason.LEFT:
+            # Declared dead again (a probe that failed): it keeps the time it first died.
+            since = self._graveyard.pop(node, (address, now))[1]
+            self._graveyard[node] = (address, since)
+            if len(self._graveyard) > GRAVEYARD_SIZE:
+                del self._graveyard[next(iter(self._graveyard))]  # the oldest death
         if node in self._succ:
             self._succ.remove(node)
             self._changed = True
@@ -1117,6 +1134,8 @@ class ChordPeer:
             for n in [*self._pred, *sorted(set(self._far.values()))]:
                 if n in self._addr:
                     contacts.append((n, self._addr[n]))
+            # Cut off from every neighbour: the peers we lost may well be alive.
+            contacts.extend((None, address) for address, _ in self._graveyard.values())
         contacts.extend((None, a) for a in self._bootstrap)
         return contacts
 
@@ -1283,12 +1302,41 @@ class ChordPeer:
             self._send_direct(n, PingReq(), self._new_tid())
         for n in dead:
             self._declare_dead(n, now, LossReason.MISSED_PINGS)
+        self._probe_graveyard(now)
 
     def _update_round(self, now: float) -> None:
         for n in self._neighbours():
             self._send_update(n, now)
         if len(self._succ) < self._cfg.successors or len(self._pred) < self._cfg.predecessors:
             self._refill(now)
+
+    def _probe_graveyard(self, now: float) -> None:
+        """Attach straight to a few peers we declared dead, longest dead first (then the
+        entry moves to the back): one that answers is alive after all and is adopted again
+        wherever it fits (``_on_attach_answer`` revives it)."""
+        grave = self._graveyard
+        for node in list(grave)[:GRAVEYARD_PROBES]:
+            address, since = grave.pop(node)
+            if now - since > GRAVEYARD_HOLD:
+                continue
+            grave[node] = (address, since)
+            if node in self._attaching:
+                continue
+            body = AttachReq(candidates=self._candidate(), send_update=True)
+            tid = self._new_tid()
+            message = Message(
+                self._header(tid, (self._me,), (NodeDestination(node),), self._cfg.initial_ttl),
+                body,
+            )
+            pending = _Pending(message, _CAND, node, now, self._cfg.request_lifetime)
+            # Not retransmitted: a retransmission would be routed, and routing cannot reach a
+            # peer we took for dead. The next round tries again.
+            pending.sends = self._cfg.max_sends
+            self._pending[tid] = pending
+            heapq.heappush(self._rtx, (now + self._cfg.retransmit_interval, tid))
+            self._attaching[node] = tid
+            self._actions.append(Send(node, address, message))
+            pending.hop = node
 
     # ================================================================== fingers
     def _near_limit(self) -> int:

@@ -154,3 +154,35 @@ def test_an_anti_entropy_bucket_larger_than_a_frame_comes_in_pages(tmp_path: Pat
     assert sim.oversized == 0, "a message exceeded the frame limit"
     assert replicator(sim, owner).counters["sync_pages"] >= 2
     assert sim.ring_is_consistent(full=True) and len(sim.ring) == 3
+
+
+@pytest.mark.parametrize(("seed", "split"), [(1, "halves"), (2, "halves"), (2, "founder")])
+def test_a_healed_partition_merges_within_a_few_ping_rounds(seed: int, split: str) -> None:
+    """Nemesis finding: after a partition (or a pause, or an isolated node) both sides held
+    each other dead, only hearsay after dead_hold (30 s) brought them back, and a node cut off
+    from every neighbour with no bootstrap address never came back. Now dead peers' addresses
+    are kept and Attached to directly every ping round."""
+    sim = Simulation(seed=seed)
+    founder = sim.add_node(bootstrap=())
+    for i in range(1, 12):
+        sim.run_until(i / 12)
+        sim.add_node(bootstrap=[founder] if len(sim.ring) < 2 else None)
+    assert sim.run_until_converged(30.0, full=True) is not None
+    ring = list(sim.ring)
+    if split == "halves":
+        groups = [ring[:6], ring[6:]]
+    else:  # the first peer, started with no bootstrap address, alone
+        groups = [[founder], [n for n in ring if n != founder]]
+    sim.partition(groups)
+    sim.run_for(20.0)  # well past the failure detector: each side drops the other
+    assert all(
+        not set(sim.peer(n).successors) & set(other)
+        for group, other in (groups, groups[::-1])
+        for n in group
+    )
+    sim.heal()
+    healed_at = sim.now
+    done = sim.run_until_converged(healed_at + 60.0, full=True)
+    assert done is not None, "the two sides never merged"
+    # Faster than dead_hold: it is not hearsay after the tombstones expired that merges them.
+    assert done - healed_at < sim.config.dead_hold / 2, done - healed_at
