@@ -2,29 +2,38 @@
 """REGISTER and lookup benchmarks of p2preg rings side by side with Kamailio, on this machine.
 
     .venv/bin/python scripts/bench/bench_register.py [--users 100000] [--nodes 1 3]
-        [--duration 20] [--quick] [--json FILE] [--keep]
+        [--duration 20] [--quick] [--json FILE] [--keep] [--no-kamailio] [--no-dmq]
+        [--in-flight 64] [--closed-duration S | --closed-calls N | --no-closed] [--no-ladder]
         [--lookup-rate 1000] [--lookup-rates R ...] [--no-lookup-ladder]
         [--no-lookup | --only-lookup]
 
-Every system gets the same SIPp scenario (scripts/bench/register.xml) and the same user CSV,
-at stepped rates (--rates, each for --duration s; past the defaults, x1.5 per step). A step
-is sustained when under 0.1% of its calls fail (SIPp FailedCall, plus 503s) and under 0.1%
-of its requests are retransmitted, and SIPp kept the offered pace; stepping stops at the
-first step that is not.
-Then, at 50% of the highest sustained rate, p50/p99 response time (SIPp -trace_rtt, ms;
-SIPp reads a coarse clock, 4 ms ticks with HZ=250), and at 2x that rate the goodput
-(200 OK/s) and whether every request was answered (200 or 503, none timed out). Kamailio
-(Debian package, scripts/bench/kamailio.cfg: usrloc in memory, 2 UDP workers) is the
-baseline; p2preg runs as N real processes, --durability sync.
+The systems: Kamailio (Debian package, scripts/bench/kamailio.cfg: usrloc in memory, 2 UDP
+workers), the baseline of 1 node; a cluster of 3 Kamailio instances replicating usrloc over
+DMQ (scripts/bench/kamailio-dmq.cfg: dmq + dmq_usrloc, 2 UDP workers each), the baseline of
+3 nodes; p2preg rings of N real processes, --durability sync. Every system gets the same
+SIPp scenario (scripts/bench/register.xml) and the same user CSV, one SIPp per node.
+
+Closed loop first: SIPp keeps --in-flight REGISTERs in flight for --closed-duration s (or
+--closed-calls calls): the rate reached, p50/p99, failures and retransmissions, and the CPU
+seconds of every process of the system (/proc/PID/stat, descendants included) per REGISTER.
+Then the ladder, at stepped rates (--rates, each for --duration s; past the defaults, x1.5
+per step). A step is sustained when under 0.1% of its calls fail (SIPp FailedCall, plus
+503s) and under 0.1% of its requests are retransmitted, and SIPp kept the offered pace;
+stepping stops at the first step that is not. Then, at 50% of the highest sustained rate,
+p50/p99 response time (SIPp -trace_rtt, ms; SIPp reads a coarse clock, 4 ms ticks with
+HZ=250), and at 2x that rate the goodput (200 OK/s) and whether every request was answered
+(200 or 503, none timed out).
 
 Then the lookup benchmark on the same running systems: every user registered (the REGISTER
 run's bindings, or a registration pass first with --only-lookup), SIPp sends INVITEs to the
-users (scripts/bench/invite.xml), which each system answers 302 with the user's bindings in
-Contact, and ACKs each answer. At --lookup-rate for --duration s: 302/s, calls not answered
-302 (404/480/503, timeouts, a 302 without the binding), retransmitted INVITEs, p50/p99; then
-the same stepped ladder as REGISTER, from above that rate, for the max sustained lookup
-rate (--no-lookup-ladder skips it). Prints a table per benchmark and writes JSON (--json,
-default a .json file next to the temp dir).
+users (scripts/bench/invite.xml), each to another node than its user registered through,
+which each system answers 302 with the user's bindings in Contact, and ACKs each answer. At
+--lookup-rate for --duration s: 302/s, calls not answered 302 (404/480/503, timeouts, a 302
+without the binding), retransmitted INVITEs, p50/p99; then the closed loop; then the same
+stepped ladder as REGISTER, from above that rate, for the max sustained lookup rate
+(--no-lookup-ladder skips it). After the run, the DMQ cluster's instances are asked how
+many users each holds. Prints a table per benchmark, the issue 9 targets with the measured
+ratios, and writes JSON (--json, default a .json file next to the temp dir).
 """
 
 from __future__ import annotations
@@ -792,7 +801,12 @@ def closed_loop(
 ) -> Step:  # fmt: skip
     """SIPp keeping --in-flight calls in flight for --closed-calls calls or --closed-duration
     s: the rate the system achieves, its response times and its CPU per call."""
-    step = run_step(system, 0.0, args.closed_duration, users_csv, workdir, rtt=True,
+    # With a number of calls, the run lasts as long as it takes: the time SIPp and the waits
+    # allow grows with it (at 100 calls/s at least).
+    duration = args.closed_duration
+    if args.closed_calls is not None:
+        duration = max(duration, args.closed_calls / 100)
+    step = run_step(system, 0.0, duration, users_csv, workdir, rtt=True,
                     scenario=scenario, expect=expect, in_flight=args.in_flight,
                     total=args.closed_calls, rotate=rotate)  # fmt: skip
     cpu = step.cpu_per_call_s
@@ -1053,7 +1067,9 @@ def targets(results: list[Result]) -> list[dict[str, object]]:
 
     def add(what: str, value: float | None, op: str, limit: float, unit: str = "") -> None:
         met = None
-        if value is not None and value == value:
+        if value is not None and value != value:
+            value = None  # NaN: not measured
+        if value is not None:
             met = {">=": value >= limit, "<": value < limit, "<=": value <= limit}[op]
         out.append({"target": what, "value": value, "op": op, "limit": limit, "unit": unit,
                     "met": met})  # fmt: skip
@@ -1119,7 +1135,9 @@ def targets_table(rows: list[dict[str, object]]) -> str:
     lines = [head, "-" * len(head)]
     for t in rows:
         value = t["value"]
-        shown = fmt(value if isinstance(value, float) else None, ".2f") + str(t["unit"])
+        if not isinstance(value, float) or value != value:
+            continue  # not measured in this run (--no-closed, --only-lookup, ...)
+        shown = f"{value:.2f}{t['unit']}"
         met = "-" if t["met"] is None else ("yes" if t["met"] else "no")
         limit = f"{t['op']}{t['limit']:g}{t['unit']}"
         lines.append(f"{t['target']:<52} {shown:>9} {limit:>9} {met:>4}")
@@ -1361,7 +1379,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             if r.replication is not None:
                 print(f"\n{r.system} x{r.nodes} after the run: {replication_line(r)}")
-        print("\n" + targets_table(doc["targets"]))  # type: ignore[arg-type]
+        shown = targets_table(doc["targets"])  # type: ignore[arg-type]
+        if len(shown.splitlines()) > 2:
+            print("\n" + shown)
         print(f"\nJSON: {out}")
     finally:
         if args.keep:
