@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overlay.ids import MASK, id_hex, in_open_closed
-from p2preg.sip.binding import SIP_BINDING_KIND, Binding, decode_binding
+from overlay.messages import StoredData
+from p2preg.sip.binding import SIP_BINDING_KIND, Binding
 from p2preg.sip.bindings_store import AorState
+from p2preg.sip.register_op import bindings_of
 from p2preg.sip.registrar import RegisterDecision
 from p2preg.sip.responses import Reply
 from storage import RecordStore
@@ -66,9 +68,10 @@ def aor_page(
     domain = page.domain.lower() if page.domain else None
     now = now_ms / 1000
     current: int | None = None
-    bindings: list[Binding] = []
+    entries: list[StoredData] = []
 
     def flush() -> None:
+        bindings = bindings_of(entries)  # the wipe mark of a Contact: * applied
         live = sorted((b for b in bindings if b.live(now)), key=lambda b: (-b.q_value, b.uri))
         if current is None or not live:
             return
@@ -91,14 +94,11 @@ def aor_page(
                 result.next = current
                 if len(result.aors) >= page.limit or result.scanned >= budget:
                     return result
-            current, bindings = rec.resource, []
+            current, entries = rec.resource, []
         result.scanned += 1
         if rec.kind != SIP_BINDING_KIND or not in_open_closed(rec.resource, start, me):
             continue
-        try:
-            bindings.append(decode_binding(rec.value))
-        except ValueError:
-            continue
+        entries.append(rec.stored_data())
     if current is not None:
         flush()
     result.next = None

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from replication_support import build, copy_counts, factory, run_until_repaired
 
 from overlay.ids import resource_id
-from overlay.messages import ApplyAns, ErrorCode, ErrorResponse, StoredData
+from overlay.messages import ApplyAns, ErrorCode, ErrorResponse, FetchAns, StoredData
 from overlay.operations import REFUSED_PREFIX
 from overlay.sim import Simulation
 from p2preg.sip.binding import SIP_BINDING_KIND, decode_binding
@@ -56,7 +56,7 @@ def op(
     )
     return RegisterOp(
         op_id, aor, call_id, cseq, wildcard, changes, (), "ua/1", "192.0.2.1", 5060, "UDP",
-        max_contacts, False,
+        max_contacts, 7200, False,
     )  # fmt: skip
 
 
@@ -88,6 +88,7 @@ ops = st.builds(
     source_port=st.integers(0, 65535),
     transport=st.sampled_from(["UDP", "TCP", "TLS"]),
     max_contacts=st.integers(1, 100),
+    max_expires=st.integers(0, 2**32 - 1),
     evict=st.booleans(),
 )
 
@@ -115,14 +116,15 @@ def test_malformed_operations_are_value_errors(value: RegisterOp, data: st.DataO
 @pytest.mark.parametrize(
     "record",
     [
-        [1, 7, "a", "c", 1, False, [], [], None, ["h", 1, "UDP"], 0, False],  # max contacts 0
-        [1, -1, "a", "c", 1, False, [], [], None, ["h", 1, "UDP"], 5, False],  # op id
-        [2, 7, "a", "c", 1, False, [], [], None, ["h", 1, "UDP"], 5, False],  # version
+        [1, 7, "a", "c", 1, False, [], [], None, ["h", 1, "UDP"], 0, 60, False],  # max contacts
+        [1, -1, "a", "c", 1, False, [], [], None, ["h", 1, "UDP"], 5, 60, False],  # op id
+        [2, 7, "a", "c", 1, False, [], [], None, ["h", 1, "UDP"], 5, 60, False],  # version
         [1, 7, "a", "c", 1, True, [["k", "u", 0, None, None, None, []]], [], None,
-         ["h", 1, "UDP"], 5, False],  # wildcard with contacts
+         ["h", 1, "UDP"], 5, 60, False],  # wildcard with contacts
         [1, 7, "a", "c", 1, False, [["", "u", 0, None, None, None, []]], [], None,
-         ["h", 1, "UDP"], 5, False],  # empty key
-        [1, 7, "a", "c", 1, False, [], [], None, ["h", 70000, "UDP"], 5, False],  # port
+         ["h", 1, "UDP"], 5, 60, False],  # empty key
+        [1, 7, "a", "c", 1, False, [], [], None, ["h", 70000, "UDP"], 5, 60, False],  # port
+        [1, 7, "a", "c", 1, False, [], [], None, ["h", 1, "UDP"], 5, -1, False],  # max expires
         {"not": "a list"},
     ],
 )  # fmt: skip
@@ -248,3 +250,50 @@ def test_stored_data_of_the_answer_is_what_the_owner_stored() -> None:
     result = owner.apply((), encode_op(op(("sip:a@h1", 60))), int(NOW * 1000))
     assert result.values == result.writes
     assert all(isinstance(v, StoredData) and v.exists for v in result.values)
+
+
+def fetched_uris(sim: Simulation, resource: int) -> dict[int, list[str]]:
+    """What a lookup through each live peer returns for the AOR."""
+    ops = {n: sim.get(n, resource, SIP_BINDING_KIND) for n in sim.ring}
+    assert sim.wait(list(ops.values()), 60.0)
+    out: dict[int, list[str]] = {}
+    for node, fetch in ops.items():
+        answer = fetch.answer
+        assert isinstance(answer, FetchAns), answer
+        out[node] = sorted(b.uri for kr in answer.kind_responses for b in bindings_of(kr.values))
+    return out
+
+
+@pytest.mark.parametrize("removal", ["contact", "wildcard"])
+def test_a_removal_made_on_the_other_side_of_a_partition_wins_after_the_heal(
+    tmp_path: Path, removal: str
+) -> None:
+    """Nemesis finding: a binding registered on one side of a partition and removed through
+    the other (whose owner never saw it) came back when the sides merged: the removal wrote
+    no tombstone for a contact it did not know, nor Contact: * for any. Now a removal always
+    leaves a tombstone and Contact: * a wipe mark, and the newer one wins when copies merge."""
+    sim = sim_ring(tmp_path, peers=8, seed=6)
+    aor = "sip:split@example.com"
+    resource = resource_id(aor.removeprefix("sip:"))
+    owner = sim.responsible(resource)
+    assert owner is not None
+    ring = list(sim.ring)
+    i = ring.index(owner)
+    minority = [ring[(i + k) % len(ring)] for k in range(3)]  # the owner and its 2 replicas
+    majority = [n for n in ring if n not in minority]
+    sim.partition([minority, majority])
+    sim.run_for(15.0)  # each side has dropped the other and taken over its ranges
+    added = sim.apply(owner, resource, SIP_BINDING_KIND, encode_op(op(("sip:x@h", 3600), aor=aor)))
+    assert sim.wait([added], 30.0) and added.ok, added.answer
+    sim.run_for(1.0)
+    if removal == "contact":
+        gone = op(("sip:x@h", 0), aor=aor, call_id="other", op_id=11)
+    else:
+        gone = op(aor=aor, call_id="other", op_id=11, wildcard=True)
+    removed = sim.apply(majority[0], resource, SIP_BINDING_KIND, encode_op(gone))
+    assert sim.wait([removed], 30.0) and removed.ok, removed.answer
+    sim.heal()
+    healed = sim.run_until_converged(sim.now + 60.0, full=True)
+    assert healed is not None
+    sim.run_for(3 * 10.0)  # anti-entropy rounds (FAST: every 10 s)
+    assert fetched_uris(sim, resource) == {n: [] for n in sim.ring}

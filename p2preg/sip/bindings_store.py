@@ -53,9 +53,15 @@ from p2preg.ring_client import (
     RingRefused,
     RingUnavailable,
 )
-from p2preg.sip.binding import SIP_BINDING_KIND, Binding, decode_binding, encode_binding, key_bytes
+from p2preg.sip.binding import SIP_BINDING_KIND, Binding, encode_binding, key_bytes
 from p2preg.sip.metrics import Histogram
-from p2preg.sip.register_op import TOMBSTONE_MARGIN_S, RegisterOp, bindings_of, encode_op
+from p2preg.sip.register_op import (
+    TOMBSTONE_MARGIN_S,
+    RegisterOp,
+    bindings_of,
+    current_bindings,
+    encode_op,
+)
 from p2preg.sip.registrar import RegisterDecision
 
 T = TypeVar("T")
@@ -153,13 +159,7 @@ class OverlayBindings:
             if kind.kind != SIP_BINDING_KIND:
                 continue
             generation = kind.generation
-            for sd in kind.values:
-                if not sd.exists:
-                    continue
-                try:
-                    binding = decode_binding(sd.value)
-                except ValueError:
-                    continue  # a value we cannot read is not a binding we can serve
+            for sd, binding in current_bindings(kind.values):
                 bindings[binding.key] = binding
                 stored_ms[binding.key] = sd.storage_time
         return AorState(bindings, generation, stored_ms)

@@ -8,8 +8,16 @@ step as it reads them, so two REGISTERs of one AOR can never interleave and noth
 retried on a conflict; the writes go to its replicas before the answer, which lists the
 AOR's bindings afterwards.
 
+Removals must win over copies that never saw them (a partition, a ring still healing: the
+owner that takes a removal may not hold the binding it removes). So a removal always writes a
+tombstone, for a contact the owner does not know too, living as long as any binding could
+(``max_expires`` + a margin), and ``Contact: *`` also writes a wipe mark (``WIPE_KEY``): any
+binding stored before it is gone, wherever it comes back from. :func:`current_bindings`
+applies the mark wherever bindings are read.
+
 Operation bytes: msgpack of ``[1, op_id, aor, call_id, cseq, wildcard, changes, path,
-user_agent, [source host, port, transport], max_contacts, evict]``, each change being
+user_agent, [source host, port, transport], max_contacts, max_expires, evict]``, each change
+being
 ``[key, uri, expires, q, instance, reg_id, params]`` and params ``[[name, value|nil], ...]``.
 Header text that is not UTF-8 travels with surrogate escapes, as in stored bindings.
 """
@@ -39,6 +47,8 @@ _VERSION: Final = 1
 # Tombstones outlive the binding they remove by this much, so that a replica's older copy
 # cannot bring the binding back while it still looks live.
 TOMBSTONE_MARGIN_S: Final = 5
+# The dictionary key of the wipe mark: no binding key starts with NUL.
+WIPE_KEY: Final = b"\x00wildcard"
 INVALID_CSEQ: Final = (400, "Invalid CSeq")
 TOO_MANY: Final = (503, "Too Many Registered Contacts")
 
@@ -73,6 +83,7 @@ class RegisterOp:
     source_port: int
     transport: str
     max_contacts: int
+    max_expires: int  # the longest a binding may live: how long a blind tombstone must last
     evict: bool  # over max_contacts: drop the oldest others instead of refusing
 
 
@@ -83,10 +94,11 @@ class RegisterOutcome:
     upserts: tuple[Binding, ...] = ()
     removals: tuple[str, ...] = ()  # binding keys
     bindings: tuple[Binding, ...] = ()  # the AOR's live bindings afterwards (before, if refused)
+    wipe: bool = False  # Contact: *: write the wipe mark too
 
     @property
     def changed(self) -> bool:
-        return bool(self.upserts or self.removals)
+        return bool(self.upserts or self.removals or self.wipe)
 
 
 # --- the rules ------------------------------------------------------------------------------
@@ -157,7 +169,7 @@ def apply_register(op: RegisterOp, current: Iterable[Binding], now: float) -> Re
         return RegisterOutcome(*INVALID_CSEQ, bindings=before)
 
     if op.wildcard:
-        return RegisterOutcome(200, "OK", removals=tuple(sorted({*live, *expired})))
+        return RegisterOutcome(200, "OK", removals=tuple(sorted({*live, *expired})), wipe=True)
 
     after = dict(live)
     upserts: dict[str, Binding] = {}
@@ -172,6 +184,8 @@ def apply_register(op: RegisterOp, current: Iterable[Binding], now: float) -> Re
             if change.key in upserts:
                 del upserts[change.key]
                 after.pop(change.key, None)
+            # A tombstone even for a contact we do not hold: a copy that did may come back.
+            removals.add(change.key)
             continue
         binding = Binding(
             key=change.key,
@@ -231,15 +245,9 @@ class RegistrarOperation:
     ) -> OperationResult:
         op = decode_op(operation)
         now = now_ms / 1000
-        bindings: list[Binding] = []
-        raw: dict[str, StoredData] = {}
-        for sd in current:
-            try:
-                binding = decode_binding(sd.value)
-            except ValueError:
-                continue  # a value we cannot read is not a binding we can serve
-            bindings.append(binding)
-            raw[binding.key] = sd
+        held = current_bindings(current)
+        raw = {b.key: sd for sd, b in held}
+        bindings = [b for _, b in held]
         outcome = apply_register(op, bindings, now)
         if outcome.status != 200:
             return OperationResult(refused=f"{outcome.status} {outcome.reason}")
@@ -252,12 +260,13 @@ class RegistrarOperation:
             )
             writes.append(sd)
             fresh[b.key] = sd
+        blind = op.max_expires + TOMBSTONE_MARGIN_S
         for key in outcome.removals:
             old = by_key.get(key)
-            left = old.remaining(now) if old is not None else 0
-            writes.append(
-                StoredData(now_ms, left + TOMBSTONE_MARGIN_S, key_bytes(key), b"", exists=False)
-            )
+            left = old.remaining(now) + TOMBSTONE_MARGIN_S if old is not None else blind
+            writes.append(StoredData(now_ms, left, key_bytes(key), b"", exists=False))
+        if outcome.wipe:
+            writes.append(StoredData(now_ms, blind, WIPE_KEY, b""))
         values = tuple(fresh.get(b.key) or raw[b.key] for b in outcome.bindings)
         return OperationResult(tuple(writes), values)
 
@@ -267,17 +276,25 @@ def sip_operations() -> dict[int, RegistrarOperation]:
     return {SIP_BINDING_KIND: RegistrarOperation()}
 
 
-def bindings_of(values: Iterable[StoredData]) -> list[Binding]:
-    """The bindings of an answer's values, in the order given (unreadable ones left out)."""
-    out: list[Binding] = []
+def current_bindings(values: Iterable[StoredData]) -> list[tuple[StoredData, Binding]]:
+    """The bindings among an AOR's stored values, each with its entry, in the order given:
+    removals, unreadable values and bindings stored before the latest wipe mark left out."""
+    values = list(values)
+    wiped = max((sd.storage_time for sd in values if sd.key == WIPE_KEY and sd.exists), default=-1)
+    out: list[tuple[StoredData, Binding]] = []
     for sd in values:
-        if not sd.exists:
+        if not sd.exists or sd.key == WIPE_KEY or sd.storage_time < wiped:
             continue
         try:
-            out.append(decode_binding(sd.value))
+            out.append((sd, decode_binding(sd.value)))
         except ValueError:
-            continue
+            continue  # a value we cannot read is not a binding we can serve
     return out
+
+
+def bindings_of(values: Iterable[StoredData]) -> list[Binding]:
+    """The bindings of an answer's values (see :func:`current_bindings`)."""
+    return [b for _, b in current_bindings(values)]
 
 
 # --- the operation's bytes ------------------------------------------------------------------
@@ -299,6 +316,7 @@ def encode_op(op: RegisterOp) -> bytes:
         op.user_agent,
         [op.source_host, op.source_port, op.transport],
         op.max_contacts,
+        op.max_expires,
         op.evict,
     ]
     data: bytes = msgpack.packb(record, use_bin_type=True, unicode_errors="surrogateescape")
@@ -339,10 +357,10 @@ def decode_op(data: bytes) -> RegisterOp:
         rec = msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape")
     except Exception as exc:
         raise ValueError(f"register operation is not msgpack: {exc}") from None
-    _check(isinstance(rec, list) and len(rec) == 12 and rec[0] == _VERSION, "record")
-    _, op_id, aor, call_id, cseq, wildcard, changes_raw, path, user_agent, source, limit, evict = (
-        rec
-    )
+    _check(isinstance(rec, list) and len(rec) == 13 and rec[0] == _VERSION, "record")
+    _, op_id, aor, call_id, cseq, wildcard, changes_raw, path, user_agent, source, limit = rec[:11]
+    max_expires, evict = rec[11:]
+    _check(_is_int(max_expires, 0, 2**32 - 1), "max expires")
     _check(_is_int(op_id, 0, (1 << 64) - 1), "op id")
     _check(isinstance(aor, str) and isinstance(call_id, str), "aor or call-id")
     _check(_is_int(cseq, 0, 2**31 - 1), "cseq")
@@ -382,5 +400,6 @@ def decode_op(data: bytes) -> RegisterOp:
         source[1],
         source[2],
         limit,
+        max_expires,
         evict,
     )

@@ -240,6 +240,7 @@ def register_op(
         source_port=source.port,
         transport=source.transport.upper(),
         max_contacts=config.max_contacts,
+        max_expires=config.max_expires,
         evict=config.max_contacts_mode == "evict",
     )
 
