@@ -757,6 +757,8 @@ class Replicator:
         for number, succ in enumerate(succs, start=1):
             if span != old_range or succ not in old_succs:
                 self._start_sync(succ, number, now)
+        if span != old_range:
+            self._hand_off_garbage(now)
 
     # ------------------------------------------------------------------ anti-entropy
     def _ae_round(self, now: float) -> None:
@@ -907,10 +909,18 @@ class Replicator:
     def _garbage_round(self, now: float) -> None:
         cfg = self.config
         self._at(now + cfg.garbage_interval, self._garbage_round)
+        if now < self._last_change + cfg.garbage_quiet:
+            return
+        self._hand_off_garbage(now)
+
+    def _hand_off_garbage(self, now: float) -> None:
+        """Store what we hold outside (pred[replicas], self] to its responsible peer and drop
+        it once every store is acknowledged. Also right after a neighbour change settled: a
+        peer that was cut off may hold the only copy of what it took meanwhile (a ring of one
+        takes every write), and that must reach the owner before anyone reads it there."""
+        cfg = self.config
         peer = self.peer
         if self._garbage_busy or peer.state is not PeerState.JOINED or self._range is None:
-            return
-        if now < self._last_change + cfg.garbage_quiet:
             return
         preds = peer.predecessors
         if len(preds) <= cfg.replicas:

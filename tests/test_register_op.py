@@ -297,3 +297,36 @@ def test_a_removal_made_on_the_other_side_of_a_partition_wins_after_the_heal(
     assert healed is not None
     sim.run_for(3 * 10.0)  # anti-entropy rounds (FAST: every 10 s)
     assert fetched_uris(sim, resource) == {n: [] for n in sim.ring}
+
+
+def test_what_a_cut_off_peer_took_reaches_the_owner_once_it_is_back(tmp_path: Path) -> None:
+    """Nemesis finding: a peer cut off from every neighbour is a ring of one and takes every
+    write; once back, what it took for AORs it neither owns nor copies waited for the
+    periodic garbage round (after 10 s without any neighbour change), so lookups kept missing
+    acknowledged bindings. Now it is handed to the owner as soon as the change settles."""
+    from overlay.replication_backend import ReplicationConfig
+
+    sim = Simulation(
+        9,
+        backend_factory=factory(tmp_path),
+        replication=ReplicationConfig(),  # the default, slow, periodic rounds
+        operations=sip_operations(),
+    )
+    build(sim, 8)
+    aor = "sip:cutoff@example.com"
+    resource = resource_id(aor.removeprefix("sip:"))
+    owner = sim.responsible(resource)
+    assert owner is not None
+    ring = list(sim.ring)
+    holders = {ring[(ring.index(owner) + k) % len(ring)] for k in range(3)}
+    loner = next(n for n in ring if n not in holders)
+    sim.partition([[loner], [n for n in ring if n != loner]])
+    sim.run_for(15.0)
+    assert sim.peer(loner).successors == ()  # alone: it owns everything now
+    taken = sim.apply(loner, resource, SIP_BINDING_KIND, encode_op(op(("sip:y@h", 3600), aor=aor)))
+    assert sim.wait([taken], 30.0) and taken.ok, taken.answer
+    sim.heal()
+    healed = sim.run_until_converged(sim.now + 30.0, full=True)
+    assert healed is not None
+    sim.run_for(3.0)  # well before the periodic garbage round (15 s, after 10 s of quiet)
+    assert fetched_uris(sim, resource) == {n: ["sip:y@h"] for n in sim.ring}
