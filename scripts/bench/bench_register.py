@@ -1395,4 +1395,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt as e:
+        # The finally blocks on the way out stopped every process the run started.
+        print(f"interrupted ({e or 'SIGINT'})", file=sys.stderr)
+        raise SystemExit(130) from None
