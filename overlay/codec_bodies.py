@@ -1,4 +1,4 @@
-"""RELOAD message bodies (RFC 6940 §6.4, §7.4, §10; docs/wire.md §5-§7): encoders and
+"""RELOAD message bodies (RFC 6940 §6.4, §7.4, §10; docs/wire.md §5-§8): encoders and
 decoders. ``overlay.codec`` is the public face; import from there."""
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ from overlay.messages import (
     RouteQueryAns,
     RouteQueryReq,
     StoreAns,
+    StoreBatchAns,
+    StoreBatchReq,
     StoredData,
     StoredDataSpecifier,
     StoreKindData,
@@ -75,6 +77,9 @@ _IP6: Final = struct.Struct("!BB16sH")
 _ERROR_HEAD: Final = struct.Struct("!H")
 _NO_KEYS: Final = b"\x00\x02\x00\x00"  # a specifier's model<2> holding an empty keys<2>
 _STORED_MIN: Final = _STORED_HEAD.size + 2  # up to and including the key's length
+_BATCH_ANSWER_HEAD: Final = struct.Struct("!HI")  # code, length of the body that follows
+_STORE_ANS_CODE: Final = int(MessageCode.STORE_ANS)
+_ERROR_CODE: Final = int(MessageCode.ERROR)
 
 
 # --- bodies: encoders --------------------------------------------------------------------
@@ -226,6 +231,37 @@ def _enc_apply_ans(b: ApplyAns) -> bytes:
     )
 
 
+def _enc_store_batch_req(b: StoreBatchReq) -> bytes:
+    parts = []
+    for i, store in enumerate(b.stores):
+        if type(store) is not StoreReq:
+            raise CodecError(
+                f"StoreBatchReq: store {i} is a {type(store).__name__}, not a StoreReq"
+            )
+        parts.append(opaque(_enc_store_req(store), 4, "StoreBatchReq store"))
+    return opaque(b"".join(parts), 4, "StoreBatchReq stores")
+
+
+def _enc_batch_answer(a: StoreAns | ErrorResponse) -> bytes:
+    if type(a) is StoreAns:
+        code, body = _STORE_ANS_CODE, _enc_store_ans(a)
+    elif type(a) is ErrorResponse:
+        code, body = _ERROR_CODE, _enc_error(a)
+    else:
+        raise CodecError(f"StoreBatchAns: an answer is a {type(a).__name__}, not StoreAns or Error")
+    # Both bodies are far below 2^32 bytes (their lists have 2-byte lengths).
+    return _BATCH_ANSWER_HEAD.pack(code, len(body)) + body
+
+
+def _enc_store_batch_ans(b: StoreBatchAns) -> bytes:
+    answers = b"".join([_enc_batch_answer(a) for a in b.answers])
+    return opaque(answers, 4, "StoreBatchAns answers")
+
+
+def _enc_error(b: ErrorResponse) -> bytes:
+    return _ERROR_HEAD.pack(b.error_code) + opaque(b.info, 2, "error info")
+
+
 def _enc_join_req(b: JoinReq) -> bytes:
     return id_bytes(b.joining_peer_id, "JoinReq joining_peer_id") + opaque(
         b.overlay_specific, 2, "JoinReq overlay_specific"
@@ -284,7 +320,9 @@ _ENCODERS: Final[dict[type[Any], Callable[[Any], bytes]]] = {
     PingAns: lambda b: _PING_ANS.pack(b.response_id, b.time),
     ApplyReq: _enc_apply_req,
     ApplyAns: _enc_apply_ans,
-    ErrorResponse: lambda b: _ERROR_HEAD.pack(b.error_code) + opaque(b.info, 2, "error info"),
+    StoreBatchReq: _enc_store_batch_req,
+    StoreBatchAns: _enc_store_batch_ans,
+    ErrorResponse: _enc_error,
 }
 # type -> (plain int code, encoder): one lookup per message, no IntEnum conversion
 _CODED_ENCODERS: Final = {cls: (int(cls.CODE), enc) for cls, enc in _ENCODERS.items()}
@@ -488,6 +526,39 @@ def _dec_apply_ans(r: Reader, code: int) -> ApplyAns:
     return ApplyAns(kind, gen, replicas, _dec_stored_list(r))
 
 
+def _dec_store_batch_req(r: Reader, code: int) -> StoreBatchReq:
+    # Every store takes at least its 4-byte length from the list, so the number of stores is
+    # bounded by the bytes present; each must use up exactly the length it declares.
+    lst = r.sub(4, "stores")
+    out: list[StoreReq] = []
+    while lst.pos < lst.end:
+        store = lst.sub(4, f"store {len(out)}")
+        out.append(_dec_store_req(store, MessageCode.STORE_REQ))
+        store.done()
+    return StoreBatchReq(tuple(out))
+
+
+def _dec_store_batch_ans(r: Reader, code: int) -> StoreBatchAns:
+    # As for the request: at least 6 bytes per answer, each using up exactly its length.
+    lst = r.sub(4, "answers")
+    out: list[StoreAns | ErrorResponse] = []
+    while lst.pos < lst.end:
+        what = f"answer {len(out)}"
+        pos = lst.take(2, f"{what} code")
+        answer_code = U16.unpack_from(lst.buf, pos)[0]
+        body = lst.sub(4, what)
+        if answer_code == _STORE_ANS_CODE:
+            out.append(_dec_store_ans(body, answer_code))
+        elif answer_code == _ERROR_CODE:
+            out.append(_dec_error(body, answer_code))
+        else:
+            raise CodecError(
+                f"{lst.where}: {what} has code {answer_code:#06x}, not StoreAns or Error"
+            )
+        body.done()
+    return StoreBatchAns(tuple(out))
+
+
 def _dec_join_req(r: Reader, code: int) -> JoinReq:
     return JoinReq(r.node_id("joining_peer_id"), r.opaque(2, "overlay_specific"))
 
@@ -553,6 +624,8 @@ _DECODERS: Final[dict[int, Callable[[Reader, int], MessageBody]]] = {
     MessageCode.PING_ANS: _dec_ping_ans,
     MessageCode.APPLY_REQ: _dec_apply_req,
     MessageCode.APPLY_ANS: _dec_apply_ans,
+    MessageCode.STORE_BATCH_REQ: _dec_store_batch_req,
+    MessageCode.STORE_BATCH_ANS: _dec_store_batch_ans,
     MessageCode.ERROR: _dec_error,
 }
 

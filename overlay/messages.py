@@ -49,6 +49,9 @@ class MessageCode(IntEnum):
     # Private codes (outside the IANA-registered ones): "the owner decides" (docs/wire.md §7).
     APPLY_REQ = 0x8001
     APPLY_ANS = 0x8002
+    # Replica copies for one successor in one message (docs/wire.md §8).
+    STORE_BATCH_REQ = 0x8003
+    STORE_BATCH_ANS = 0x8004
     ERROR = 0xFFFF
 
 
@@ -455,6 +458,27 @@ class ApplyAns:
     values: tuple[StoredData, ...] = ()
 
 
+# --- batched replica copies (private codes 0x8003/0x8004, docs/wire.md §8) ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBatchReq:
+    """Several StoreReqs for one peer in one message, each carried exactly as a StoreReq
+    message's body; the receiver handles each as if it had come on its own, in order."""
+
+    CODE: ClassVar[MessageCode] = MessageCode.STORE_BATCH_REQ
+    stores: tuple[StoreReq, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBatchAns:
+    """One answer per store of the StoreBatchReq, in the same order: the StoreAns the store
+    would have had on its own, or the ErrorResponse that refused it."""
+
+    CODE: ClassVar[MessageCode] = MessageCode.STORE_BATCH_ANS
+    answers: tuple[StoreAns | ErrorResponse, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorResponse:
     CODE: ClassVar[MessageCode] = MessageCode.ERROR
@@ -499,6 +523,8 @@ MessageBody = (
     | PingAns
     | ApplyReq
     | ApplyAns
+    | StoreBatchReq
+    | StoreBatchAns
     | ErrorResponse
     | RawBody
 )

@@ -42,6 +42,8 @@ from overlay.messages import (
     SecurityBlock,
     Signature,
     StoreAns,
+    StoreBatchAns,
+    StoreBatchReq,
     StoredData,
     StoredDataSpecifier,
     StoreKindData,
@@ -58,6 +60,7 @@ N1 = 0x0123456789ABCDEF0123456789ABCDEF
 N2 = 0xFEDCBA9876543210FEDCBA9876543210
 N3 = 0x00000000000000000000000000000001
 R1 = 0x8E1F8D6C2A8D4E5B9C0D1E2F30415263
+R2 = 0x0F1E2D3C4B5A69788796A5B4C3D2E1F0
 
 CANDIDATES = (
     IceCandidate(IpAddressPort("127.0.0.1", 6084)),
@@ -150,6 +153,23 @@ def bodies() -> list[MessageBody]:
         ApplyReq(R1, SIP_CREDENTIAL, 0xFFFFFFFFFFFFFFFF, b""),
         ApplyAns(SIP_BINDING, 9, (N1, N2), (ENTRY, SIGNED)),
         ApplyAns(SIP_CREDENTIAL, 0),
+        StoreBatchReq(
+            (
+                StoreReq(R1, 1, (StoreKindData(SIP_BINDING, 9, (ENTRY, REMOVED, SIGNED)),)),
+                StoreReq(R2, 2, (StoreKindData(SIP_CREDENTIAL, 4, (ENTRY,)),)),
+                StoreReq(R1, 1),
+            )
+        ),
+        StoreBatchReq(()),
+        StoreBatchAns(
+            (
+                StoreAns((StoreKindResponse(SIP_BINDING, 9),)),
+                ErrorResponse(ErrorCode.DATA_TOO_OLD, b"storage_time older than stored"),
+                StoreAns(),
+                ErrorResponse(ErrorCode.GENERATION_COUNTER_TOO_LOW),
+            )
+        ),
+        StoreBatchAns(()),
         ErrorResponse(ErrorCode.INVALID_MESSAGE, "bad length ✓".encode()),
         ErrorResponse(ErrorCode.NOT_FOUND),
         RawBody(0x19, b"stat request"),

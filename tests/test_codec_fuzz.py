@@ -27,7 +27,14 @@ from overlay.codec import (
     encode_body,
     encode_message,
 )
-from overlay.messages import RELO_TOKEN, ApplyAns, ApplyReq, MessageCode
+from overlay.messages import (
+    RELO_TOKEN,
+    ApplyAns,
+    ApplyReq,
+    MessageCode,
+    StoreBatchAns,
+    StoreBatchReq,
+)
 
 SEEDS = [encode_message(m) for m in messages(rich=True) + messages(rich=False)]
 BODIES = [encode_body(m.body) for m in messages(rich=True)]
@@ -308,3 +315,183 @@ def test_apply_spliced_bodies(sample: tuple[int, bytes]) -> None:
     except CodecError:
         return
     assert encode_body(out) == (code, data)
+
+
+# --- StoreBatchReq / StoreBatchAns (docs/wire.md §8) ---------------------------------------
+
+BATCH_MESSAGES = [
+    m
+    for m in messages(rich=True) + messages(rich=False)
+    if isinstance(m.body, StoreBatchReq | StoreBatchAns)
+]
+BATCH_BODIES = sorted({encode_body(m.body) for m in BATCH_MESSAGES})
+BATCH_CODES = (int(MessageCode.STORE_BATCH_REQ), int(MessageCode.STORE_BATCH_ANS))
+BATCH_IDS = [f"{MessageCode(code).name}-{len(body)}B" for code, body in BATCH_BODIES]
+
+
+def batch_framing_offsets(code: int, body: bytes) -> list[int]:
+    """Offsets of the bytes that frame a batch body's elements: the list length, each element's
+    length and, in an answer, each element's code. Walked here independently of the codec."""
+    out = [0, 1, 2, 3]
+    pos = 4
+    while pos < len(body):
+        head = 6 if code == MessageCode.STORE_BATCH_ANS else 4
+        out += range(pos, pos + head)
+        pos += head + int.from_bytes(body[pos + head - 4 : pos + head], "big")
+    assert pos == len(body)
+    return out
+
+
+def test_batch_samples_are_there() -> None:
+    assert {type(m.body) for m in BATCH_MESSAGES} == {StoreBatchReq, StoreBatchAns}
+    assert {code for code, _ in BATCH_BODIES} == set(BATCH_CODES)
+    assert b"\x00\x00\x00\x00" in {body for _, body in BATCH_BODIES}  # an empty batch
+    assert any(len(batch_framing_offsets(c, b)) > 4 + 2 * 6 for c, b in BATCH_BODIES)
+
+
+@pytest.mark.parametrize(("code", "body"), BATCH_BODIES, ids=BATCH_IDS)
+def test_batch_body_truncated_anywhere_is_rejected(code: int, body: bytes) -> None:
+    """Every proper prefix of a StoreBatchReq/StoreBatchAns body fails to decode, and so does the
+    body with any bytes appended, whatever they are."""
+    for n in range(len(body)):
+        with pytest.raises(CodecError):
+            decode_body(code, body[:n])
+    for extra in (
+        b"\x00",
+        b"\x00" * 4,
+        b"\x00" * 6,
+        b"\x00\x08\x00\x00\x00\x02\x00\x00",
+        b"\xff" * 26,
+    ):
+        with pytest.raises(CodecError):
+            decode_body(code, body + extra)
+
+
+@pytest.mark.parametrize(
+    "index", range(len(BATCH_MESSAGES)), ids=[type(m.body).__name__ for m in BATCH_MESSAGES]
+)
+def test_batch_message_truncated_anywhere_is_rejected(index: int) -> None:
+    """Every proper prefix of a whole batch message fails, whether or not the header's length
+    field is fixed up to match."""
+    frame = encode_message(BATCH_MESSAGES[index])
+    for n in range(len(frame)):
+        cut = bytearray(frame[:n])
+        with pytest.raises(CodecError):
+            decode_message(bytes(cut))
+        if n >= 20:
+            cut[16:20] = n.to_bytes(4, "big")
+            with pytest.raises(CodecError):
+                decode_message(bytes(cut))
+
+
+@pytest.mark.parametrize(("code", "body"), BATCH_BODIES, ids=BATCH_IDS)
+def test_batch_body_bit_flips(code: int, body: bytes) -> None:
+    """Each single bit flip either fails with CodecError or decodes to a batch that encodes back
+    to exactly the flipped bytes; a flip in the list length or in any element's length or answer
+    code never decodes."""
+    framing = set(batch_framing_offsets(code, body))
+    decoded = rejected = 0
+    for i in range(len(body)):
+        for bit in range(8):
+            flipped = bytearray(body)
+            flipped[i] ^= 1 << bit
+            try:
+                out = decode_body(code, bytes(flipped))
+            except CodecError:
+                rejected += 1
+                continue
+            assert i not in framing, (i, bit)
+            decoded += 1
+            assert type(out) is type(decode_body(code, body))
+            assert encode_body(out) == (code, bytes(flipped))
+    assert rejected >= 8 * len(framing), (rejected, len(framing))
+    if len(body) > 4:
+        assert decoded > 0, (rejected, decoded)
+
+
+def test_batch_message_mutations() -> None:
+    """The general mutator, aimed at the batch messages only: only CodecError escapes and what
+    decodes re-encodes to the same bytes."""
+    Counter.frames = 0
+    rng = random.Random(0x8003)
+    seeds = [encode_message(m) for m in BATCH_MESSAGES]
+    decoded = 0
+    for _ in range(20_000):
+        frame = mutate(rng, rng.choice(seeds), fix_length=rng.random() < 0.9)
+        check_frame(frame)
+        decoded += throw(decode_message, frame) is not None
+    assert Counter.frames == 20_000
+    assert decoded > 200, decoded  # many mutations land in values, not only in framing
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True, database=None)
+@given(st.sampled_from(BATCH_CODES), st.binary(max_size=120))
+def test_batch_random_bodies(code: int, data: bytes) -> None:
+    try:
+        out = decode_body(code, data)
+    except CodecError:
+        return
+    assert isinstance(out, StoreBatchReq | StoreBatchAns)
+    assert encode_body(out) == (code, data)
+
+
+@st.composite
+def batch_like(draw: st.DrawFn) -> tuple[int, bytes]:
+    """Batch bodies that are mostly well-formed: a sample with a random slice replaced, with
+    elements repeated or dropped and the list length sometimes fixed up, so that the decoder
+    gets past the list into the elements."""
+    code, body = draw(st.sampled_from(BATCH_BODIES))
+    start = draw(st.integers(0, len(body)))
+    stop = draw(st.integers(start, min(len(body), start + 8)))
+    data = body[:start] + draw(st.binary(max_size=8)) + body[stop:]
+    if draw(st.booleans()) and len(data) >= 4:
+        data = (len(data) - 4).to_bytes(4, "big") + data[4:]
+    return code, data
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True, database=None)
+@given(batch_like())
+def test_batch_spliced_bodies(sample: tuple[int, bytes]) -> None:
+    code, data = sample
+    try:
+        out = decode_body(code, data)
+    except CodecError:
+        return
+    assert encode_body(out) == (code, data)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    st.sampled_from(BATCH_BODIES),
+    st.lists(st.tuples(st.integers(0, 9), st.binary(min_size=1, max_size=3)), max_size=4),
+)
+def test_batch_elements_reshuffled(
+    sample: tuple[int, bytes], edits: list[tuple[int, bytes]]
+) -> None:
+    """Whole elements cut out, duplicated or corrupted at their start, with the list length kept
+    right: what decodes re-encodes to the same bytes and has one element per framed element."""
+    code, body = sample
+    elements, pos, head = [], 4, 6 if code == MessageCode.STORE_BATCH_ANS else 4
+    while pos < len(body):
+        end = pos + head + int.from_bytes(body[pos + head - 4 : pos + head], "big")
+        elements.append(body[pos:end])
+        pos = end
+    for which, junk in edits:
+        if not elements:
+            break
+        i = which % len(elements)
+        if which % 3 == 0:
+            elements.append(elements[i])
+        elif which % 3 == 1:
+            del elements[i]
+        else:
+            elements[i] = elements[i][:head] + junk + elements[i][head + len(junk) :]
+    payload = b"".join(elements)
+    data = len(payload).to_bytes(4, "big") + payload
+    try:
+        out = decode_body(code, data)
+    except CodecError:
+        return
+    assert encode_body(out) == (code, data)
+    count = len(out.stores) if isinstance(out, StoreBatchReq) else len(out.answers)  # type: ignore[union-attr]
+    assert count == len(elements)

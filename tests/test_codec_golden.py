@@ -1,5 +1,6 @@
 """Golden bytes written by hand from the RFC 6940 layouts (§6.3.2-§6.3.4, §7.4.1, §10.4) and
-our private ApplyReq/ApplyAns (docs/wire.md §7), field by field; the encoder must produce exactly
+our private ApplyReq/ApplyAns (docs/wire.md §7) and StoreBatchReq/StoreBatchAns (§8), field by
+field; the encoder must produce exactly
 these and the decoder must read them back."""
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from overlay.messages import (
     ApplyAns,
     ApplyReq,
     ChordUpdateType,
+    ErrorCode,
+    ErrorResponse,
     ForwardingHeader,
     Message,
     NodeDestination,
     ResourceDestination,
+    StoreAns,
+    StoreBatchAns,
+    StoreBatchReq,
     StoredData,
     StoreKindData,
+    StoreKindResponse,
     StoreReq,
     UpdateReq,
 )
@@ -30,6 +37,7 @@ def hexbytes(*fields: str) -> bytes:
 
 
 RES = 0x000102030405060708090A0B0C0D0E0F
+RES2 = 0xF0F1F2F3F4F5F6F7F8F9FAFBFCFDFEFF
 N_PRED = 0x11111111111111111111111111111111
 N_SUCC1 = 0x22222222222222222222222222222222
 N_SUCC2 = 0x33333333333333333333333333333333
@@ -287,6 +295,167 @@ APPLY_ANS = Message(
 )
 
 
+STORE_BATCH_REQ_BYTES = hexbytes(
+    # --- forwarding header (38 bytes) ---
+    "d2454c4f",  # relo_token
+    "01020304",  # overlay
+    "0001",  # configuration_sequence
+    "0a",  # version
+    "64",  # ttl = 100
+    "c0000000",  # fragment: unfragmented, last
+    "000000ec",  # length = 236, the whole message
+    "99aabbccddeeff00",  # transaction_id
+    "00000000",  # max_response_length
+    "0000",  # via_list_length
+    "0012",  # destination_list_length = 18
+    "0000",  # options_length
+    "01",  # destination[0] Destination type: node
+    "10",  # Destination length = 16
+    "22222222222222222222222222222222",  # NodeId of the first successor
+    # --- MessageContents ---
+    "8003",  # message_code: store_batch_req (private)
+    "0000009f",  # message_body length = 159
+    "0000009b",  # stores list length = 155 bytes
+    # stores[0]: 75 bytes, a StoreReq body
+    "0000004b",  # store length = 75
+    "10",  # StoreReq.resource: ResourceId length 16
+    "000102030405060708090a0b0c0d0e0f",  # ResourceId
+    "01",  # replica_number = 1
+    "00000035",  # kind_data list length = 53 bytes
+    "f0000001",  # StoreKindData.kind = SIP-BINDING
+    "0000000000000008",  # generation_counter = 8
+    "00000025",  # values list length = 37 bytes
+    "00000021",  # StoredData.length = 33
+    "0000018bcfe56800",  # storage_time = 1700000000000 ms
+    "00000e10",  # lifetime = 3600 s
+    "0002",  # DictionaryEntry.key length
+    "6b31",  # key "k1"
+    "01",  # DataValue.exists = true
+    "00000003",  # DataValue.value length
+    "616263",  # value "abc"
+    "00",  # Signature hash_algorithm
+    "00",  # signature_algorithm
+    "01",  # SignerIdentity type cert_hash (placeholder)
+    "0002",  # SignerIdentity length
+    "00",  # hash_alg: none
+    "00",  # certificate_hash: empty
+    "0000",  # signature_value length
+    # stores[1]: 72 bytes, a StoreReq body
+    "00000048",  # store length = 72
+    "10",  # StoreReq.resource: ResourceId length 16
+    "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",  # ResourceId
+    "02",  # replica_number = 2
+    "00000032",  # kind_data list length = 50 bytes
+    "f0000001",  # StoreKindData.kind = SIP-BINDING
+    "0000000000000003",  # generation_counter = 3
+    "00000022",  # values list length = 34 bytes
+    "0000001e",  # StoredData.length = 30
+    "0000018bcfe569f4",  # storage_time = 1700000000500 ms
+    "0000003c",  # lifetime = 60 s
+    "0002",  # DictionaryEntry.key length
+    "6b32",  # key "k2"
+    "00",  # DataValue.exists = false: a removal
+    "00000000",  # DataValue.value length: empty
+    "00",  # Signature hash_algorithm
+    "00",  # signature_algorithm
+    "01",  # SignerIdentity type cert_hash (placeholder)
+    "0002",  # SignerIdentity length
+    "00",  # hash_alg: none
+    "00",  # certificate_hash: empty
+    "0000",  # signature_value length
+    "00000000",  # extensions list length
+    # --- SecurityBlock ---
+    EMPTY_SECURITY_BLOCK,
+)
+
+STORE_BATCH_REQ = Message(
+    ForwardingHeader(
+        overlay=0x01020304,
+        transaction_id=0x99AABBCCDDEEFF00,
+        destination_list=(NodeDestination(N_SUCC1),),
+    ),
+    StoreBatchReq(
+        stores=(
+            StoreReq(
+                RES,
+                1,
+                (
+                    StoreKindData(
+                        0xF0000001,
+                        8,
+                        (StoredData(1_700_000_000_000, 3600, b"k1", b"abc"),),
+                    ),
+                ),
+            ),
+            StoreReq(
+                RES2,
+                2,
+                (
+                    StoreKindData(
+                        0xF0000001,
+                        3,
+                        (StoredData(1_700_000_000_500, 60, b"k2", b"", exists=False),),
+                    ),
+                ),
+            ),
+        )
+    ),
+)
+
+STORE_BATCH_ANS_BYTES = hexbytes(
+    # --- forwarding header (38 bytes) ---
+    "d2454c4f",  # relo_token
+    "01020304",  # overlay
+    "0001",  # configuration_sequence
+    "0a",  # version
+    "64",  # ttl = 100
+    "c0000000",  # fragment
+    "00000078",  # length = 120
+    "99aabbccddeeff00",  # transaction_id (the request's)
+    "00000000",  # max_response_length
+    "0000",  # via_list_length
+    "0012",  # destination_list_length = 18
+    "0000",  # options_length
+    "01",  # destination[0] Destination type: node
+    "10",  # Destination length = 16
+    "11111111111111111111111111111111",  # NodeId of the responsible peer that sent the copies
+    # --- MessageContents ---
+    "8004",  # message_code: store_batch_ans (private)
+    "0000002b",  # message_body length = 43
+    "00000027",  # answers list length = 39 bytes
+    # answers[0]: the first store's StoreAns
+    "0008",  # code: store_ans
+    "00000010",  # answer length = 16
+    "000e",  # StoreAns kind_responses list length = 14 bytes
+    "f0000001",  # StoreKindResponse.kind = SIP-BINDING
+    "0000000000000008",  # generation_counter = 8
+    "0000",  # replicas list length: none (a replica has no replicas of its own)
+    # answers[1]: the second store refused
+    "ffff",  # code: error
+    "0000000b",  # answer length = 11
+    "0009",  # ErrorResponse.error_code = Error_Data_Too_Old
+    "0007",  # error_info length
+    "746f6f206f6c64",  # error_info "too old"
+    "00000000",  # extensions list length
+    # --- SecurityBlock ---
+    EMPTY_SECURITY_BLOCK,
+)
+
+STORE_BATCH_ANS = Message(
+    ForwardingHeader(
+        overlay=0x01020304,
+        transaction_id=0x99AABBCCDDEEFF00,
+        destination_list=(NodeDestination(N_PRED),),
+    ),
+    StoreBatchAns(
+        answers=(
+            StoreAns((StoreKindResponse(0xF0000001, 8),)),
+            ErrorResponse(ErrorCode.DATA_TOO_OLD, b"too old"),
+        )
+    ),
+)
+
+
 @pytest.mark.parametrize(
     ("msg", "golden"),
     [
@@ -294,8 +463,17 @@ APPLY_ANS = Message(
         (UPDATE_REQ, UPDATE_REQ_BYTES),
         (APPLY_REQ, APPLY_REQ_BYTES),
         (APPLY_ANS, APPLY_ANS_BYTES),
+        (STORE_BATCH_REQ, STORE_BATCH_REQ_BYTES),
+        (STORE_BATCH_ANS, STORE_BATCH_ANS_BYTES),
     ],
-    ids=["store_req", "update_req_neighbors", "apply_req", "apply_ans"],
+    ids=[
+        "store_req",
+        "update_req_neighbors",
+        "apply_req",
+        "apply_ans",
+        "store_batch_req",
+        "store_batch_ans",
+    ],
 )
 def test_golden(msg: Message, golden: bytes) -> None:
     assert len(golden) == int.from_bytes(golden[16:20], "big")
@@ -356,6 +534,89 @@ def test_apply_codes_are_the_private_pair() -> None:
     assert APPLY_ANS.code == APPLY_REQ.code + 1
 
 
+# Offsets into the golden StoreBatchReq/StoreBatchAns: 38-byte header + one node destination,
+# then the message_code (2) and body length (4).
+BATCH_REQ_BODY = 38 + 18 + 6
+BATCH_ANS_BODY = 38 + 18 + 6
+BATCH_STORE_0 = BATCH_REQ_BODY + 4  # the first store's length
+BATCH_STORE_1 = BATCH_STORE_0 + 4 + 75  # the second one's
+BATCH_ANSWER_0 = BATCH_ANS_BODY + 4  # the first answer's code
+BATCH_ANSWER_1 = BATCH_ANSWER_0 + 6 + 16  # the second one's
+
+
+@pytest.mark.parametrize(
+    ("golden", "offset", "value"),
+    [
+        (STORE_BATCH_REQ_BYTES, BATCH_REQ_BODY - 1, 0x9F),  # body length
+        (STORE_BATCH_REQ_BYTES, BATCH_REQ_BODY + 3, 0x9B),  # stores list length
+        (STORE_BATCH_REQ_BYTES, BATCH_STORE_0 + 3, 0x4B),  # first store's length
+        (STORE_BATCH_REQ_BYTES, BATCH_STORE_0 + 4, 0x10),  # its ResourceId length
+        (STORE_BATCH_REQ_BYTES, BATCH_STORE_0 + 4 + 18 + 3, 0x35),  # its kind_data length
+        (STORE_BATCH_REQ_BYTES, BATCH_STORE_0 + 4 + 22 + 12 + 3, 0x25),  # its values length
+        (STORE_BATCH_REQ_BYTES, BATCH_STORE_0 + 4 + 22 + 16 + 3, 0x21),  # its StoredData length
+        (STORE_BATCH_REQ_BYTES, BATCH_STORE_1 + 3, 0x48),  # second store's length
+        (STORE_BATCH_REQ_BYTES, BATCH_STORE_1 + 4 + 18 + 3, 0x32),  # its kind_data length
+        (STORE_BATCH_REQ_BYTES, BATCH_STORE_1 + 4 + 22 + 12 + 3, 0x22),  # its values length
+        (STORE_BATCH_REQ_BYTES, BATCH_STORE_1 + 4 + 22 + 16 + 3, 0x1E),  # its StoredData length
+        (STORE_BATCH_ANS_BYTES, BATCH_ANS_BODY - 1, 0x2B),  # body length
+        (STORE_BATCH_ANS_BYTES, BATCH_ANS_BODY + 3, 0x27),  # answers list length
+        (STORE_BATCH_ANS_BYTES, BATCH_ANSWER_0 + 1, 0x08),  # first answer's code
+        (STORE_BATCH_ANS_BYTES, BATCH_ANSWER_0 + 5, 0x10),  # its length
+        (STORE_BATCH_ANS_BYTES, BATCH_ANSWER_0 + 7, 0x0E),  # its kind_responses length
+        (STORE_BATCH_ANS_BYTES, BATCH_ANSWER_0 + 6 + 15, 0x00),  # its replicas length
+        (STORE_BATCH_ANS_BYTES, BATCH_ANSWER_1 + 1, 0xFF),  # second answer's code
+        (STORE_BATCH_ANS_BYTES, BATCH_ANSWER_1 + 5, 0x0B),  # its length
+        (STORE_BATCH_ANS_BYTES, BATCH_ANSWER_1 + 6 + 3, 0x07),  # its error_info length
+    ],
+)
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_store_batch_golden_rejects_each_broken_length(
+    golden: bytes, offset: int, value: int, delta: int
+) -> None:
+    """Every length inside the StoreBatchReq/StoreBatchAns body, and each answer's code, one too
+    small or one too large, fails."""
+    assert golden[offset] == value
+    broken = bytearray(golden)
+    broken[offset] = (value + delta) % 256
+    with pytest.raises(CodecError):
+        decode_message(bytes(broken))
+
+
+def test_store_batch_codes_are_the_private_pair() -> None:
+    assert STORE_BATCH_REQ_BYTES[BATCH_REQ_BODY - 6 : BATCH_REQ_BODY - 4] == b"\x80\x03"
+    assert STORE_BATCH_ANS_BYTES[BATCH_ANS_BODY - 6 : BATCH_ANS_BODY - 4] == b"\x80\x04"
+    assert STORE_BATCH_REQ.is_request and not STORE_BATCH_ANS.is_request
+    assert STORE_BATCH_ANS.code == STORE_BATCH_REQ.code + 1
+
+
+def test_store_batch_golden_elements_are_the_single_messages_bodies() -> None:
+    """Each store in the golden StoreBatchReq is byte for byte the body of the StoreReq message
+    that would have carried it alone, and each answer the body of its own StoreAns or Error."""
+    assert isinstance(STORE_BATCH_REQ.body, StoreBatchReq)
+    offset = BATCH_STORE_0
+    for store in STORE_BATCH_REQ.body.stores:
+        alone = encode_message(Message(STORE_BATCH_REQ.header, store))
+        body = alone[38 + 18 + 6 : -15]
+        assert STORE_BATCH_REQ_BYTES[offset : offset + 4] == len(body).to_bytes(4, "big")
+        assert STORE_BATCH_REQ_BYTES[offset + 4 : offset + 4 + len(body)] == body
+        offset += 4 + len(body)
+    assert offset == len(STORE_BATCH_REQ_BYTES) - 15
+    # The first store alone is the golden StoreReq above but for replica number and generation.
+    first = STORE_BATCH_REQ_BYTES[BATCH_STORE_0 + 4 : BATCH_STORE_1]
+    single = STORE_REQ_BYTES[38 + 19 + 6 : -15]
+    assert len(first) == len(single) == 75
+    assert [i for i in range(75) if first[i] != single[i]] == [17, 33]
+    assert isinstance(STORE_BATCH_ANS.body, StoreBatchAns)
+    offset = BATCH_ANSWER_0
+    for answer in STORE_BATCH_ANS.body.answers:
+        alone = encode_message(Message(STORE_BATCH_ANS.header, answer))
+        code_and_length, body = alone[38 + 18 : 38 + 18 + 6], alone[38 + 18 + 6 : -15]
+        assert STORE_BATCH_ANS_BYTES[offset : offset + 6] == code_and_length
+        assert STORE_BATCH_ANS_BYTES[offset + 6 : offset + 6 + len(body)] == body
+        offset += 6 + len(body)
+    assert offset == len(STORE_BATCH_ANS_BYTES) - 15
+
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "wire.md"
 
 
@@ -371,7 +632,12 @@ def _doc_example(name: str) -> bytes:
 
 @pytest.mark.parametrize(
     ("name", "golden"),
-    [("apply_req", APPLY_REQ_BYTES), ("apply_ans", APPLY_ANS_BYTES)],
+    [
+        ("apply_req", APPLY_REQ_BYTES),
+        ("apply_ans", APPLY_ANS_BYTES),
+        ("store_batch_req", STORE_BATCH_REQ_BYTES),
+        ("store_batch_ans", STORE_BATCH_ANS_BYTES),
+    ],
 )
 def test_docs_worked_examples_are_the_golden_bytes(name: str, golden: bytes) -> None:
     assert _doc_example(name).hex() == golden.hex()

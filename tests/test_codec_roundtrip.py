@@ -60,6 +60,8 @@ from overlay.messages import (
     SecurityBlock,
     Signature,
     StoreAns,
+    StoreBatchAns,
+    StoreBatchReq,
     StoredData,
     StoredDataSpecifier,
     StoreKindData,
@@ -93,6 +95,19 @@ def test_samples_cover_every_body_type_and_variant() -> None:
     answers = [b for b in samples if isinstance(b, ApplyAns)]
     assert any(b.replicas and b.values for b in answers)
     assert any(not b.replicas and not b.values for b in answers)
+    batches = [b for b in samples if isinstance(b, StoreBatchReq)]
+    assert any(
+        len(b.stores) >= 2 and {s.replica_number for s in b.stores} == {1, 2} for b in batches
+    )
+    assert any(s.kind_data == () for b in batches for s in b.stores)
+    assert any(b.stores == () for b in batches)
+    batch_answers = [b for b in samples if isinstance(b, StoreBatchAns)]
+    kinds = [type(a) for b in batch_answers for a in b.answers]
+    assert kinds.count(StoreAns) >= 2 and kinds.count(ErrorResponse) >= 2
+    assert any(
+        isinstance(a, StoreAns) and not a.kind_responses for b in batch_answers for a in b.answers
+    )
+    assert any(b.answers == () for b in batch_answers)
 
 
 @pytest.mark.parametrize("msg", messages(rich=True), ids=lambda m: type(m.body).__name__)
@@ -190,6 +205,17 @@ def test_bad_destinations(bad: bytes) -> None:
         ApplyAns(1, 0, (N1,) * 4096),  # 65536 bytes of replicas: over the 2-byte prefix
         ApplyAns(1, 0, (), (StoredData(1 << 64, 0, b"k", b"v"),)),
         ApplyAns(1, 0, (), (StoredData(0, 0, b"k" * 65536, b"v"),)),
+        StoreBatchReq((StoreReq(1, 1), StoreReq(1 << 128, 1))),
+        StoreBatchReq((StoreReq(1, 256),)),
+        StoreBatchReq((StoreReq(1, 1, (StoreKindData(1 << 32, 0),)),)),
+        StoreBatchReq((StoreAns(),)),  # type: ignore[arg-type]
+        StoreBatchReq((FetchReq(1),)),  # type: ignore[arg-type]
+        StoreBatchAns((StoreAns(), ErrorResponse(1 << 16))),
+        StoreBatchAns((ErrorResponse(1, b"x" * 65536),)),
+        StoreBatchAns((StoreAns((StoreKindResponse(1, 0, (-1,)),)),)),
+        StoreBatchAns((StoreReq(1, 1),)),  # type: ignore[arg-type]
+        StoreBatchAns((RawBody(8, b"\x00\x00"),)),  # type: ignore[arg-type]
+        StoreBatchAns((FetchAns(),)),  # type: ignore[arg-type]
     ],
 )
 def test_encoding_invalid_values_raises_codec_error(body: MessageBody) -> None:
@@ -276,6 +302,115 @@ def test_apply_bodies_reject_malformed(code: int, data: bytes) -> None:
         decode_body(code, data)
 
 
+def test_store_batch_pair_codes_and_body_layout() -> None:
+    """StoreBatchReq/StoreBatchAns are the private pair 0x8003/0x8004 and their bodies are laid
+    out as docs/wire.md §8 says: a uint32 byte count of the list, then each store as a StoreReq
+    message's body behind a uint32 length, each answer as its message code, a uint32 length and
+    the StoreAns or ErrorResponse message's body."""
+    assert (StoreBatchReq.CODE, StoreBatchAns.CODE) == (0x8003, 0x8004)
+    assert MessageCode.STORE_BATCH_REQ + 1 == MessageCode.STORE_BATCH_ANS
+    stores = (
+        StoreReq(N1, 1, (StoreKindData(7, 3, (StoredData(1, 2, b"k", b"v"),)),)),
+        StoreReq(N2, 2),
+    )
+    code, data = encode_body(StoreBatchReq(stores))
+    assert code == 0x8003
+    one, two = (encode_body(s)[1] for s in stores)
+    assert data == (
+        (8 + len(one) + len(two)).to_bytes(4, "big")
+        + len(one).to_bytes(4, "big")
+        + one
+        + len(two).to_bytes(4, "big")
+        + two
+    )
+    assert two == b"\x10" + N2.to_bytes(16, "big") + b"\x02" + b"\x00\x00\x00\x00"
+    answers = (StoreAns((StoreKindResponse(7, 4),)), ErrorResponse(9, b"old"))
+    code, data = encode_body(StoreBatchAns(answers))
+    assert code == 0x8004
+    assert data == bytes.fromhex(
+        "00000023"  # answers: 35 bytes
+        "0008"  # answer 0: StoreAns
+        "00000010"  # its length: 16
+        "000e"  # kind_responses: 14 bytes
+        "00000007"  # kind 7
+        "0000000000000004"  # generation 4
+        "0000"  # replicas: none
+        "ffff"  # answer 1: ErrorResponse
+        "00000007"  # its length: 7
+        "0009"  # Data_Too_Old
+        "0003"  # info length
+        "6f6c64"  # info "old"
+    )
+    assert data[10:26] == encode_body(answers[0])[1]
+    assert data[32:] == encode_body(answers[1])[1]
+    assert encode_body(StoreBatchReq(())) == (0x8003, b"\x00\x00\x00\x00")
+    assert encode_body(StoreBatchAns(())) == (0x8004, b"\x00\x00\x00\x00")
+    assert decode_body(0x8003, b"\x00\x00\x00\x00") == StoreBatchReq(())
+    assert decode_body(0x8004, b"\x00\x00\x00\x00") == StoreBatchAns(())
+
+
+_STORE = b"\x10" + bytes(16) + b"\x01" + bytes(4)  # StoreReq body: resource, replica 1, no kinds
+_STORE_ANS = b"\x00\x08\x00\x00\x00\x02\x00\x00"  # code, length 2, no kind responses
+_ERROR = b"\xff\xff\x00\x00\x00\x04\x00\x03\x00\x00"  # code, length 4, Not_Found, no info
+
+
+def _u32(n: int) -> bytes:
+    return n.to_bytes(4, "big")
+
+
+@pytest.mark.parametrize(
+    ("code", "data"),
+    [
+        (0x8003, b""),
+        (0x8003, b"\x00\x00\x00"),  # half a list length
+        (0x8003, _u32(1) + b"\x00"),  # one byte of a store length
+        (0x8003, _u32(4) + _u32(0)),  # an empty store: not a StoreReq body
+        (0x8003, _u32(8) + _u32(0) * 2),  # empty stores counted in the list
+        (0x8003, _u32(27) + _u32(23) + _STORE + b"!"),  # a store with a trailing byte
+        (0x8003, _u32(26) + _u32(21) + _STORE),  # a store one byte shorter than its body
+        (0x8003, _u32(26) + _u32(23) + _STORE),  # one byte longer: past the list
+        (0x8003, _u32(27) + _u32(22) + _STORE + b"!"),  # a stray byte in the list
+        (0x8003, _u32(26) + _u32(22) + _STORE + b"!"),  # a trailing byte after the list
+        (0x8003, _u32(0xFFFFFFFF) + _u32(22) + _STORE),  # list of 4 GiB
+        (0x8003, _u32(26) + _u32(0xFFFFFFFF) + _STORE),  # store of 4 GiB
+        (0x8003, _u32(26) + _u32(22) + b"\x08" + _STORE[1:]),  # 8-byte resource id
+        (0x8003, _u32(26) + _u32(22) + _STORE[:-4] + _u32(1)),  # kind_data past the store
+        (0x8004, b""),
+        (0x8004, _u32(1) + b"\x00"),  # one byte of an answer code
+        (0x8004, _u32(2) + b"\x00\x08"),  # a code with no length
+        (0x8004, _u32(6) + b"\x00\x08" + _u32(0)),  # an empty StoreAns body
+        (0x8004, _u32(6) + b"\xff\xff" + _u32(0)),  # an empty ErrorResponse body
+        (0x8004, _u32(8) + b"\x00\x07" + _STORE_ANS[2:]),  # code 7: not an answer
+        (0x8004, _u32(8) + b"\x00\x0a" + _STORE_ANS[2:]),  # FetchAns: not allowed
+        (0x8004, _u32(8) + b"\x80\x04" + _STORE_ANS[2:]),  # a batch answer inside a batch
+        (0x8004, _u32(8) + b"\xff\xfe" + _STORE_ANS[2:]),  # almost an error
+        (0x8004, _u32(8) + b"\x00\x08\x00\x00\x00\x03\x00\x00"),  # StoreAns length past list
+        (0x8004, _u32(9) + b"\x00\x08\x00\x00\x00\x03\x00\x00!"),  # StoreAns with trailing byte
+        (0x8004, _u32(10) + _ERROR[:-1] + b"\x01"),  # info longer than the error
+        (0x8004, _u32(11) + _ERROR[:5] + b"\x05" + _ERROR[6:] + b"!"),  # error with trailing byte
+        (0x8004, _u32(8) + _STORE_ANS[:-2] + b"\x00\x10"),  # kind responses past the answer
+        (0x8004, _u32(8) + _STORE_ANS + b"!"),  # trailing byte after the list
+        (0x8004, _u32(9) + _STORE_ANS + b"!"),  # a stray byte in the list
+        (0x8004, _u32(0xFFFFFFFF) + _STORE_ANS),  # list of 4 GiB
+        (0x8004, _u32(8) + b"\x00\x08" + _u32(0xFFFFFFFF) + b"\x00\x00"),  # answer of 4 GiB
+    ],
+    ids=lambda v: f"{v:#06x}" if isinstance(v, int) else v.hex() if len(v) < 40 else f"{len(v)}B",
+)
+def test_store_batch_bodies_reject_malformed(code: int, data: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_body(code, data)
+
+
+def test_store_batch_minimal_elements_decode() -> None:
+    """The smallest legal elements the malformed cases above are built from do decode: the
+    failures there come from the one thing each case breaks."""
+    assert decode_body(0x8003, _u32(26) + _u32(22) + _STORE) == StoreBatchReq((StoreReq(0, 1),))
+    both = decode_body(0x8004, _u32(18) + _STORE_ANS + _ERROR)
+    assert both == StoreBatchAns((StoreAns(), ErrorResponse(3)))
+    many = decode_body(0x8004, _u32(8 * 1000) + _STORE_ANS * 1000)
+    assert isinstance(many, StoreBatchAns) and many.answers == (StoreAns(),) * 1000
+
+
 def test_empty_answers_reject_trailing_bytes() -> None:
     assert decode_body(MessageCode.LEAVE_ANS, b"") == LeaveAns()
     assert decode_body(MessageCode.UPDATE_ANS, b"") == UpdateAns()
@@ -348,6 +483,14 @@ probe_infos = st.one_of(
     st.builds(ProbeInformation, st.integers(4, 255), small),
     st.builds(ProbeInformation, st.just(0), small),
 )
+store_reqs = st.builds(
+    StoreReq, ids, u8, st.lists(st.builds(StoreKindData, u32, u64, stored_tuple)).map(tuple)
+)
+store_answers = st.builds(
+    StoreAns, st.lists(st.builds(StoreKindResponse, u32, u64, id_tuples)).map(tuple)
+)
+error_answers = st.builds(ErrorResponse, u16, small)
+batch_answers: st.SearchStrategy[StoreAns | ErrorResponse] = st.one_of(store_answers, error_answers)
 attach_args = {
     "ufrag": small,
     "password": small,
@@ -360,10 +503,8 @@ any_body: st.SearchStrategy[MessageBody] = st.one_of(
     st.builds(ProbeAns, st.lists(probe_infos, max_size=5).map(tuple)),
     st.builds(AttachReq, **attach_args),
     st.builds(AttachAns, **attach_args),
-    st.builds(
-        StoreReq, ids, u8, st.lists(st.builds(StoreKindData, u32, u64, stored_tuple)).map(tuple)
-    ),
-    st.builds(StoreAns, st.lists(st.builds(StoreKindResponse, u32, u64, id_tuples)).map(tuple)),
+    store_reqs,
+    store_answers,
     st.builds(
         FetchReq,
         ids,
@@ -384,7 +525,9 @@ any_body: st.SearchStrategy[MessageBody] = st.one_of(
     st.builds(PingAns, u64, u64),
     st.builds(ApplyReq, ids, u32, u64, st.binary(max_size=200)),
     st.builds(ApplyAns, u32, u64, id_tuples, stored_tuple),
-    st.builds(ErrorResponse, u16, small),
+    st.builds(StoreBatchReq, st.lists(store_reqs, max_size=4).map(tuple)),
+    st.builds(StoreBatchAns, st.lists(batch_answers, max_size=5).map(tuple)),
+    error_answers,
     st.builds(RawBody, st.sampled_from([0x19, 0x1A, 0x1D, 0x1E, 0x05, 0x1234]), small),
 )
 

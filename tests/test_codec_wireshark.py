@@ -36,6 +36,7 @@ from overlay.messages import (
     SecurityBlock,
     Signature,
     SignerIdentityType,
+    StoreBatchReq,
     StoredData,
     StoreReq,
 )
@@ -87,6 +88,9 @@ def _resign(body: MessageBody, sig: Signature) -> MessageBody:
     if isinstance(body, StoreReq):
         store = tuple(dataclasses.replace(k, values=values(k.values)) for k in body.kind_data)
         return dataclasses.replace(body, kind_data=store)
+    if isinstance(body, StoreBatchReq):
+        stores = tuple(_resign(s, sig) for s in body.stores)
+        return dataclasses.replace(body, stores=stores)  # type: ignore[arg-type]
     if isinstance(body, FetchAns):
         fetch = tuple(dataclasses.replace(k, values=values(k.values)) for k in body.kind_responses)
         return dataclasses.replace(body, kind_responses=fetch)
@@ -199,14 +203,22 @@ def test_every_sent_code_decodes_cleanly_in_wireshark(tmp_path: Path) -> None:
     assert seen == [[m.code] for m in msgs]
 
 
-def test_apply_pair_is_carried_as_an_opaque_body(tmp_path: Path) -> None:
-    """Wireshark 4.0 knows nothing of our private codes 0x8001/0x8002: it must show them as
-    message codes with nothing to report, read the body length we sent, and find the security
-    block right behind the body (the signature value it shows is the one we signed with)."""
-    msgs = [
-        m for m in _sample(signed=True) if m.code in (MessageCode.APPLY_REQ, MessageCode.APPLY_ANS)
-    ]
-    assert {m.code for m in msgs} == {MessageCode.APPLY_REQ, MessageCode.APPLY_ANS}
+PRIVATE_PAIRS = [
+    (MessageCode.APPLY_REQ, MessageCode.APPLY_ANS),
+    (MessageCode.STORE_BATCH_REQ, MessageCode.STORE_BATCH_ANS),
+]
+
+
+@pytest.mark.parametrize("pair", PRIVATE_PAIRS, ids=lambda p: p[0].name.removesuffix("_REQ"))
+def test_private_pair_is_carried_as_an_opaque_body(
+    tmp_path: Path, pair: tuple[MessageCode, MessageCode]
+) -> None:
+    """Wireshark 4.0 knows nothing of our private codes (0x8001/0x8002, 0x8003/0x8004): it must
+    show them as message codes with nothing to report, read the body length we sent, and find
+    the security block right behind the body (the signature value it shows is the one we signed
+    with)."""
+    msgs = [m for m in _sample(signed=True) if m.code in pair]
+    assert {m.code for m in msgs} == set(pair)
     rows = _dissect(tmp_path, msgs, min_severity=0)
     assert [(codes, errors, malformed) for _, codes, errors, malformed in rows] == [
         ([m.code], [], "") for m in msgs
