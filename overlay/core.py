@@ -49,6 +49,7 @@ from overlay.messages import (
     MessageBody,
     NodeDestination,
     ResourceDestination,
+    StoreBatchReq,
     StoreReq,
 )
 from overlay.operations import KindOperation
@@ -56,6 +57,8 @@ from overlay.replication import Replicator
 from overlay.replication_backend import RecordBackend, ReplicationConfig
 
 DataRequest = StoreReq | FetchReq | ApplyReq
+# What the replicator serves when it is delivered to this peer.
+_DATA_BODIES = (StoreReq, FetchReq, ApplyReq, StoreBatchReq)
 
 
 class OverlayCore:
@@ -205,7 +208,7 @@ class OverlayCore:
                 replicator.on_failed(tid, action.reason, now)
         elif isinstance(action, AppRequest):
             body = action.message.body
-            if replicator is None or not isinstance(body, StoreReq | FetchReq | ApplyReq):
+            if replicator is None or not isinstance(body, _DATA_BODIES):
                 return False
             replicator.on_request(action.message, now)
         elif isinstance(action, NeighborsChanged):

@@ -17,6 +17,10 @@ Rules (each one an answer to "how could an acknowledged write be lost?"):
   generation counters to successors 1 and 2, and answers StoreAns listing the replicas that
   acknowledged once all answered or ``replica_timeout`` passed: success with at least one
   replica (or none to ask: a ring of one); Request_Timeout when none answered.
+- Batching: the replica copies an owner makes within ``COPY_WINDOW`` go to each successor as
+  one ``StoreBatchReq`` (a lone copy as a plain StoreReq), which the successor applies in one
+  LMDB transaction and answers item by item; each original still waits for its own copies'
+  answers. Under load this turns thousands of small messages a second into a few batches.
 - Copies (replica_number != 0: replica stores, handoffs, repairs): newer storage_time wins.
   Roles follow responsibility: PRIMARY iff the resource is in (pred, self]. A peer that is
   responsible for a copy it did not have (a handoff of garbage, a stale sender) replicates
@@ -72,6 +76,8 @@ from overlay.messages import (
     NodeDestination,
     ResourceDestination,
     StoreAns,
+    StoreBatchAns,
+    StoreBatchReq,
     StoredData,
     StoredDataSpecifier,
     StoreKindData,
@@ -91,6 +97,7 @@ from overlay.replication_backend import (
 
 INF = math.inf
 PUSH_RECHECK = 0.05  # s between looks at the push queue while anti-entropy buckets wait
+COPY_WINDOW = 0.001  # s: replica copies made within this window travel in one message
 NOT_RESPONSIBLE = "not responsible"
 
 Callback = Callable[[Message | None, float], None]
@@ -185,12 +192,16 @@ class Replicator:
         self._resync: set[int] = set()
         self._garbage_busy = False
         self._dirty = False
+        # Replica copies waiting for the window to close, per successor, with their callbacks.
+        self._copies: dict[int, list[tuple[StoreReq, Callback]]] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "stores_original",
                 "operations",
                 "operations_refused",
                 "stores_copy",
+                "copy_batches_sent",
+                "copy_batches_received",
                 "fetches",
                 "replicas_acked",
                 "replicas_missing",
@@ -264,6 +275,8 @@ class Replicator:
                 self._on_original(message, body, now)
             else:
                 self._on_copy(message, body, now)
+        elif isinstance(body, StoreBatchReq):
+            self._on_copy_batch(message, body, now)
 
     def on_answer(self, transaction_id: int, message: Message, now: float) -> None:
         cb = self._waiting.pop(transaction_id, None)
@@ -569,8 +582,44 @@ class Replicator:
                     StoreKindData(kd.kind, gens.get(kd.kind, 0), kd.values) for kd in req.kind_data
                 ),
             )
-            self._send((NodeDestination(succ),), copy, now, self._replica_answer(op))
+            self._copy_later(succ, copy, self._replica_answer(op), now)
         self._at(now + self.config.replica_timeout, lambda t: self._finish_original(op, t))
+
+    def _copy_later(self, succ: int, copy: StoreReq, cb: Callback, now: float) -> None:
+        if not self._copies:
+            self._at(now + COPY_WINDOW, self._send_copies)
+        self._copies.setdefault(succ, []).append((copy, cb))
+
+    def _send_copies(self, now: float) -> None:
+        copies, self._copies = self._copies, {}
+        for succ, items in copies.items():
+            dest = (NodeDestination(succ),)
+            if len(items) == 1:
+                copy, cb = items[0]
+                self._send(dest, copy, now, cb)
+                continue
+            self.counters["copy_batches_sent"] += 1
+            batch = StoreBatchReq(tuple(copy for copy, _ in items))
+            self._send(dest, batch, now, self._batch_answered([cb for _, cb in items]))
+
+    @staticmethod
+    def _batch_answered(callbacks: list[Callback]) -> Callback:
+        """Hand each copy's own answer (or the failure of the whole batch) to its callback."""
+
+        def answered(message: Message | None, now: float) -> None:
+            body = message.body if message is not None else None
+            if (
+                message is None
+                or not isinstance(body, StoreBatchAns)
+                or len(body.answers) != len(callbacks)
+            ):
+                for cb in callbacks:
+                    cb(None, now)
+                return
+            for cb, answer in zip(callbacks, body.answers, strict=True):
+                cb(Message(message.header, answer), now)
+
+        return answered
 
     def _replica_answer(self, op: _Original) -> Callback:
         def answered(message: Message | None, now: float) -> None:
@@ -598,19 +647,9 @@ class Replicator:
         op.reply(answer, now)
 
     def _on_copy(self, message: Message, req: StoreReq, now: float) -> None:
-        peer = self.peer
-        state = peer.state
-        if state is PeerState.LEAVING or self._leave is not None:
-            self.counters["rejected_in_progress"] += 1
-            self._error(message, ErrorCode.IN_PROGRESS, "leaving", now)
-            return
-        if (
-            state is PeerState.JOINED
-            and peer.is_responsible(req.resource)
-            and self._in_handoff(req.resource)
-        ):
-            self.counters["rejected_in_progress"] += 1
-            self._error(message, ErrorCode.IN_PROGRESS, "range being handed to a joining peer", now)
+        refusal = self._copy_refusal(req)
+        if refusal is not None:
+            self._respond(message, refusal, now)
             return
         try:
             outcome = self._apply_copy(req, now)
@@ -622,16 +661,74 @@ class Replicator:
             self.counters["rejected_store"] += 1
             self._error(message, ErrorCode.DATA_TOO_LARGE, f"store failed: {exc}", now)
             return
-        answer = StoreAns(tuple(StoreKindResponse(k, g) for k, g in outcome.generations))
-        self._respond(message, answer, now)
+        self._respond(message, _copy_answer(outcome), now)
+
+    def _copy_refusal(self, req: StoreReq) -> ErrorResponse | None:
+        """Why a copy may not be taken now, or None."""
+        peer = self.peer
+        state = peer.state
+        if state is PeerState.LEAVING or self._leave is not None:
+            self.counters["rejected_in_progress"] += 1
+            return ErrorResponse(ErrorCode.IN_PROGRESS, b"leaving")
+        if (
+            state is PeerState.JOINED
+            and peer.is_responsible(req.resource)
+            and self._in_handoff(req.resource)
+        ):
+            self.counters["rejected_in_progress"] += 1
+            return ErrorResponse(ErrorCode.IN_PROGRESS, b"range being handed to a joining peer")
+        return None
+
+    def _on_copy_batch(self, message: Message, batch: StoreBatchReq, now: float) -> None:
+        """Apply a batch of copies in one transaction; answer each in order."""
+        self.counters["copy_batches_received"] += 1
+        answers: list[StoreAns | ErrorResponse] = []
+        todo: list[tuple[int, StoreReq, Role]] = []
+        for req in batch.stores:
+            refusal = self._copy_refusal(req) if req.replica_number != 0 else None
+            if req.replica_number == 0:
+                refusal = ErrorResponse(ErrorCode.INVALID_MESSAGE, b"an original store in a batch")
+            answers.append(refusal or _PLACEHOLDER)
+            if refusal is None:
+                todo.append((len(answers) - 1, req, self._copy_role(req)))
+        if todo:
+            ms = self.ms(now)
+            try:
+                results = self.backend.apply_batch([(req, ms, role) for _, req, role in todo])
+            except Exception as exc:  # e.g. the map is full: every copy of the batch refused
+                self.counters["rejected_store"] += len(todo)
+                failed = ErrorResponse(ErrorCode.DATA_TOO_LARGE, f"store failed: {exc}".encode())
+                for i, _, _ in todo:
+                    answers[i] = failed
+            else:
+                self._dirty = True
+                for (i, req, role), result in zip(todo, results, strict=True):
+                    if isinstance(result, StoreRejected):
+                        self.counters["rejected_store"] += 1
+                        answers[i] = ErrorResponse(result.code, result.info)
+                        continue
+                    self.counters["stores_copy"] += 1
+                    self._pass_on(req, result, role, now)
+                    answers[i] = _copy_answer(result)
+        self._respond(message, StoreBatchAns(tuple(answers)), now)
+
+    def _copy_role(self, req: StoreReq) -> Role:
+        peer = self.peer
+        mine = peer.state is PeerState.JOINED and peer.is_responsible(req.resource)
+        return Role.PRIMARY if mine else Role.REPLICA
 
     def _apply_copy(self, req: StoreReq, now: float) -> StoreResult:
         """Apply a replica-style store newer-wins; as the responsible peer, pass changes on."""
-        peer = self.peer
-        primary = peer.state is PeerState.JOINED and peer.is_responsible(req.resource)
-        outcome = self._apply(req, now, Role.PRIMARY if primary else Role.REPLICA)
+        role = self._copy_role(req)
+        outcome = self._apply(req, now, role)
         self.counters["stores_copy"] += 1
-        if primary and outcome.changed:
+        self._pass_on(req, outcome, role, now)
+        return outcome
+
+    def _pass_on(self, req: StoreReq, outcome: StoreResult, role: Role, now: float) -> None:
+        """A copy that changed what we hold as the responsible peer goes on to our replicas."""
+        peer = self.peer
+        if role is Role.PRIMARY and outcome.changed:
             gens = dict(outcome.generations)
             for number, succ in enumerate(peer.successors[: self.config.replicas], start=1):
                 copy = StoreReq(
@@ -645,7 +742,6 @@ class Replicator:
                 self.counters["forwarded"] += 1
                 self._enqueue((NodeDestination(succ),), copy, _ignore)
             self._pump(now)
-        return outcome
 
     # ------------------------------------------------------------------ join and leave
     def on_admission(self, joining: int, start: int, end: int, now: float) -> None:
@@ -985,3 +1081,11 @@ def _hashes(message: Message | None, buckets: int) -> Sequence[bytes] | None:
                 return None
             return [raw[i * ae.HASH_BYTES : (i + 1) * ae.HASH_BYTES] for i in range(buckets)]
     return None
+
+
+# Stands for an answer not known yet while a batch is applied (always replaced).
+_PLACEHOLDER = ErrorResponse(ErrorCode.INVALID_MESSAGE, b"not applied")
+
+
+def _copy_answer(outcome: StoreResult) -> StoreAns:
+    return StoreAns(tuple(StoreKindResponse(k, g) for k, g in outcome.generations))

@@ -85,6 +85,10 @@ class RecordBackend(Protocol):
 
     def apply_store(self, req: StoreReq, now_ms: int, role: Role) -> StoreResult: ...
 
+    def apply_batch(
+        self, items: Sequence[tuple[StoreReq, int, Role]]
+    ) -> Sequence[StoreResult | StoreRejected]: ...
+
     def fetch(
         self, resource: int, specifiers: Iterable[StoredDataSpecifier], now_ms: int
     ) -> tuple[FetchKindResponse, ...]: ...

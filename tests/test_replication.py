@@ -360,3 +360,25 @@ def test_a_replica_emptied_is_refilled_a_few_buckets_at_a_time(tmp_path: Path) -
     steps = replicator(sim, owner).counters["sync_push_steps"] - steps0
     assert steps >= 20, steps  # nearly every one of the 32 buckets differed
     assert len(set(built_at)) >= 5, sorted(set(built_at))  # spread over time, not one step
+
+
+def test_replica_copies_made_together_travel_in_one_batch(tmp_path: Path) -> None:
+    """Issue 9 item 4: copies an owner makes within the copy window go to each successor as
+    one StoreBatchReq applied in one transaction, and each original still answers only once
+    its own copies are acknowledged."""
+    sim = make_sim(tmp_path, seed=17)
+    build(sim, 5)
+    sim.reset_counters()
+    want = fill(sim, 1000)  # 100 stores per 10 ms: many owners make several copies at once
+    run_until_repaired(sim, want)
+    batches = total(sim, "copy_batches_sent")
+    assert batches == total(sim, "copy_batches_received") > 0
+    copies = 2 * 1000
+    counted = sim.counted()
+    batch_messages = counted.get("StoreBatchReq", 0)
+    assert batch_messages == batches
+    # Every original crosses the ring at most once (none when its origin owns it); one message
+    # per copy would add 2,000 more. With batches the copies take under 500 messages.
+    store_messages = counted.get("StoreReq", 0) + batch_messages
+    assert store_messages < 1000 + copies / 4, counted
+    assert total(sim, "replicas_acked") == copies and total(sim, "replicas_missing") == 0

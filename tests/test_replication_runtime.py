@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,7 +29,7 @@ from overlay.messages import (
 from overlay.replication_backend import ReplicationConfig, Role
 from overlay.runtime import OverlayRuntime
 from p2preg.ring_client import RingClient
-from storage import KindLimits, RecordStore, StoreOutcome
+from storage import KindLimits, RecordStore, StoreError, StoreOutcome
 
 T = TypeVar("T")
 
@@ -50,6 +50,15 @@ class WatchedStore(RecordStore):
         outcome = super().apply_store(req, now_ms, role)
         self.commit_of[req.resource] = outcome.commit_seq
         return outcome
+
+    def apply_batch(
+        self, items: Sequence[tuple[StoreReq, int, Role]]
+    ) -> list[StoreOutcome | StoreError]:
+        results = super().apply_batch(items)
+        for (req, _, _), result in zip(items, results, strict=True):
+            if isinstance(result, StoreOutcome):
+                self.commit_of[req.resource] = result.commit_seq
+        return results
 
     def flush(self) -> None:
         seq = self.committed_seq  # every commit up to here has returned
