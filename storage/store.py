@@ -167,6 +167,9 @@ class RecordStore:
         # the expiry index key (8 + record key) must fit LMDB's key limit too
         self._max_dict_key = self._env.max_key_size() - PREFIX_BYTES - U64.size
         self._gate = _ResizeGate()
+        # Live bytes can reach the data limit only once the map is at least that large: until
+        # then a store need not count its pages (four stat calls on every write).
+        self._near_full = self.map_size >= self.data_limit
         self._closed = False
         self.committed_seq = 0  # number of commits that have returned (are durable in sync mode)
 
@@ -245,6 +248,7 @@ class RecordStore:
             if current >= self.max_map_size:
                 raise StorageFull(self.directory, self.max_map_size)
             self._env.set_mapsize(min(current * 2, self.max_map_size))
+            self._near_full = self.map_size >= self.data_limit
 
     # --- stores ---------------------------------------------------------------------------
 
@@ -292,8 +296,11 @@ class RecordStore:
         self, txn: lmdb.Transaction[bytes], req: StoreReq, now_ms: int, role: Role
     ) -> _Applied:
         self._check_kinds(kd.kind for kd in req.kind_data)
-        adds = any(sd.exists for kd in req.kind_data for sd in kd.values)
-        if adds and self._live_bytes(txn) >= self.data_limit:
+        if (
+            self._near_full
+            and any(sd.exists for kd in req.kind_data for sd in kd.values)
+            and self._live_bytes(txn) >= self.data_limit
+        ):
             # Removals still go through: they are what frees the space again.
             raise StoreError(
                 ErrorCode.DATA_TOO_LARGE,
