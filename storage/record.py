@@ -7,6 +7,7 @@ when it wraps past zero.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -178,12 +179,79 @@ def key_segments(lo: int, hi: int) -> list[tuple[bytes, bytes | None]]:
     return segments
 
 
-def bucket_bounds(lo: int, hi: int, buckets: int) -> list[int]:
-    """Upper bounds, as clockwise distances from lo, of ``buckets`` equal slices of (lo, hi]."""
+# The ring is cut into 2**FINE_BITS fine buckets by the top bits of the Resource-ID. The store
+# keeps an XOR of its records' hashes per fine bucket up to date as it writes, so that the
+# digest of a range costs a pass over those sums, not a scan of the range's records.
+FINE_BITS: Final = 16
+FINE_COUNT: Final = 1 << FINE_BITS
+FINE_SPAN: Final = 1 << (128 - FINE_BITS)  # ids per fine bucket
+
+
+def fine_bucket(resource: int) -> int:
+    return (resource & MASK) >> (128 - FINE_BITS)
+
+
+@dataclass(frozen=True, slots=True)
+class Pieces:
+    """(lo, hi] cut at fine-bucket boundaries into ``count`` pieces: piece j is
+    (lo + end(j-1), lo + end(j)] with end(-1) = 0."""
+
+    lo: int
+    first: int  # end of piece 0, as a clockwise distance from lo
+    count: int
+    span: int
+
+    def end(self, j: int) -> int:
+        return self.span if j >= self.count - 1 else self.first + j * FINE_SPAN
+
+    def start(self, j: int) -> int:
+        return 0 if j == 0 else self.end(j - 1)
+
+    def whole(self, j: int) -> bool:
+        """Piece j is a whole fine bucket (else a part of one, at an end of the range)."""
+        return self.end(j) - self.start(j) == FINE_SPAN
+
+    def fine(self, j: int) -> int:
+        return fine_bucket(self.lo + self.end(j))
+
+
+def pieces(lo: int, hi: int) -> Pieces:
+    span = cw_distance(lo, hi) or RING
+    first = ((FINE_SPAN - 1 - lo) % FINE_SPAN) or FINE_SPAN
+    count = 1 if span <= first else 1 + -(-(span - first) // FINE_SPAN)
+    return Pieces(lo & MASK, min(first, span), count, span)
+
+
+def bucket_slices(lo: int, hi: int, buckets: int) -> tuple[Pieces, list[tuple[int, int]]]:
+    """The pieces of (lo, hi] and, per bucket, the range [a, b) of piece indices it holds:
+    ``buckets`` runs of whole pieces as equal as can be (some empty when there are fewer
+    pieces than buckets)."""
     if buckets < 1:
         raise ValueError(f"buckets must be at least 1, got {buckets}")
-    span = cw_distance(lo, hi) or RING
-    return [span * (i + 1) // buckets for i in range(buckets)]
+    p = pieces(lo, hi)
+    n = p.count
+    return p, [(i * n // buckets, (i + 1) * n // buckets) for i in range(buckets)]
+
+
+def bucket_bounds(lo: int, hi: int, buckets: int) -> list[int]:
+    """Upper bounds, as clockwise distances from lo, of ``buckets`` slices of (lo, hi] cut at
+    fine-bucket boundaries (where the digest's running sums are kept)."""
+    p, slices = bucket_slices(lo, hi, buckets)
+    bounds: list[int] = []
+    previous = 0
+    for a, b in slices:
+        previous = p.end(b - 1) if b > a else previous
+        bounds.append(previous)
+    return bounds
+
+
+def record_hash(store_key: bytes, storage_time: int, exists: bool) -> int:
+    """What one record adds (XOR) to its fine bucket's sum: roles and expiry do not count, so
+    a primary and its replica agree when they hold the same data."""
+    h = hashlib.blake2b(
+        store_key + U64.pack(storage_time) + (b"\x01" if exists else b"\x00"), digest_size=16
+    )
+    return int.from_bytes(h.digest(), "big")
 
 
 def bucket_range(lo: int, hi: int, buckets: int, index: int) -> tuple[int, int]:

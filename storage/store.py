@@ -21,10 +21,11 @@ stays consistent either way; ``flush()`` forces a flush.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import accumulate
+from operator import xor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -43,6 +44,7 @@ from storage.errors import StorageFull, StoreError
 from storage.record import (
     EXISTS,
     EXPIRY,
+    FINE_COUNT,
     KIND,
     LIFETIME,
     PREFIX_BYTES,
@@ -57,7 +59,7 @@ from storage.record import (
     Role,
     StoreOutcome,
     bucket_bounds,
-    bucket_of,
+    bucket_slices,
     decode_signature,
     expiry_key,
     expiry_of,
@@ -65,6 +67,7 @@ from storage.record import (
     pack_value,
     prefix,
     record_from,
+    record_hash,
     unpack_value,
     with_role,
 )
@@ -167,10 +170,18 @@ class RecordStore:
         # the expiry index key (8 + record key) must fit LMDB's key limit too
         self._max_dict_key = self._env.max_key_size() - PREFIX_BYTES - U64.size
         self._gate = _ResizeGate()
+        # Per fine bucket, the XOR of record_hash over the records held (expired ones until
+        # swept): what digest() reads. A write transaction collects its changes in _deltas
+        # (set while it holds LMDB's write lock) and they are added once it has committed.
+        self._sums_lock = threading.Lock()
+        self._sums = [0] * FINE_COUNT
+        self._deltas: list[tuple[int, int]] = []
+        self.digest_scanned = 0  # records read by digest() (the ends of ranges only)
         # Live bytes can reach the data limit only once the map is at least that large: until
         # then a store need not count its pages (four stat calls on every write).
         self._near_full = self.map_size >= self.data_limit
         self._closed = False
+        self._rebuild_sums()
         self.committed_seq = 0  # number of commits that have returned (are durable in sync mode)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -225,10 +236,13 @@ class RecordStore:
 
     def _write(self, work: Callable[[lmdb.Transaction[bytes]], T]) -> tuple[T, int]:
         """Run ``work`` in one write transaction and commit it; a full map is grown and the
-        whole transaction retried, so ``work`` must not keep state outside the transaction."""
+        whole transaction retried, so ``work`` must not keep state outside the transaction
+        (but ``self._deltas``, which belongs to the transaction)."""
         while True:
             with self._gate.txn():
                 txn = self._env.begin(write=True)
+                deltas: list[tuple[int, int]] = []
+                self._deltas = deltas  # ours alone: we hold LMDB's write lock
                 try:
                     result = work(txn)
                     txn.commit()
@@ -239,8 +253,21 @@ class RecordStore:
                     raise
                 else:
                     self.committed_seq += 1
+                    if deltas:
+                        with self._sums_lock:
+                            sums = self._sums
+                            for fine, change in deltas:
+                                sums[fine] ^= change
                     return result, self.committed_seq
             self._grow()
+
+    def _rebuild_sums(self) -> None:
+        sums = [0] * FINE_COUNT
+        for key, raw in self._iter_raw([(b"", None)]):
+            f = unpack_value(raw)
+            sums[_fine_of_key(key)] ^= record_hash(key, f[ST], f[EXISTS])
+        with self._sums_lock:
+            self._sums = sums
 
     def _grow(self) -> None:
         with self._gate.exclusive():
@@ -276,10 +303,12 @@ class RecordStore:
             results: list[_Applied | StoreError] = []
             for req, now_ms, role in items:
                 child = self._env.begin(write=True, parent=txn)
+                mark = len(self._deltas)
                 try:
                     applied = self._apply(child, req, now_ms, role)
                 except StoreError as exc:
                     child.abort()
+                    del self._deltas[mark:]  # what the refused store changed is undone
                     results.append(exc)
                 except BaseException:
                     child.abort()
@@ -371,14 +400,17 @@ class RecordStore:
                 )
             key = pre + sd.key
             old_raw = txn.get(key, db=records)
+            change = record_hash(key, sd.storage_time, sd.exists)
             if old_raw is not None:
                 old = unpack_value(old_raw)
                 if not self._newer(sd, old, original, kd.kind):
                     continue
                 txn.delete(expiry_key(old[EXPIRY], key), db=expiry)
                 added_value = added_value or (sd.exists and not old[EXISTS])
+                change ^= record_hash(key, old[ST], old[EXISTS])
             else:
                 added_value = added_value or sd.exists
+            self._deltas.append((_fine_of_key(key), change))
             exp = expiry_of(sd.storage_time, sd.lifetime)
             txn.put(key, pack_value(sd, exp, role), db=records)
             txn.put(expiry_key(exp, key), b"", db=expiry)
@@ -607,22 +639,47 @@ class RecordStore:
     def digest(
         self, lo_exclusive: int, hi_inclusive: int, buckets: int, now_ms: int
     ) -> list[bytes]:
-        """A 16-byte hash per bucket of (lo, hi] split in ``buckets`` equal slices of the ring,
-        over (key, storage_time, exists) of the unexpired records; roles do not count, so a
-        primary and its replica agree when they hold the same data."""
-        bounds = bucket_bounds(lo_exclusive, hi_inclusive, buckets)
-        hashes = [hashlib.blake2b(digest_size=16) for _ in range(buckets)]
-        segments = key_segments(lo_exclusive, hi_inclusive)
-        for key, raw in self._iter_raw(segments):
+        """A 16-byte sum per bucket of (lo, hi] (``bucket_bounds``): the XOR of record_hash
+        over the records held there, expired ones included until swept (two copies that swept
+        at different times differ for a round). Read from the running sums of the whole fine
+        buckets inside the range; only the two part buckets at its ends are scanned, so it
+        costs the same for 100 records as for 100,000."""
+        p, slices = bucket_slices(lo_exclusive, hi_inclusive, buckets)
+        with self._sums_lock:
+            prefix_xor: list[int] = [0, *accumulate(self._sums, xor)]
+        total = prefix_xor[-1]
+
+        def run(f0: int, f1: int) -> int:
+            """XOR of the sums of fine buckets f0..f1 (inclusive, clockwise)."""
+            if f0 <= f1:
+                return prefix_xor[f1 + 1] ^ prefix_xor[f0]
+            return total ^ prefix_xor[f0] ^ prefix_xor[f1 + 1]
+
+        out: list[bytes] = []
+        for a, b in slices:
+            x = 0
+            j = a
+            while j < b:
+                if not p.whole(j):
+                    start, end = p.start(j), p.end(j)
+                    x ^= self._scan_sum((p.lo + start) & MASK, (p.lo + end) & MASK)
+                    j += 1
+                    continue
+                k = j  # a run of whole pieces: consecutive fine buckets
+                while k + 1 < b and p.whole(k + 1):
+                    k += 1
+                x ^= run(p.fine(j), p.fine(k))
+                j = k + 1
+            out.append(x.to_bytes(16, "big"))
+        return out
+
+    def _scan_sum(self, lo_exclusive: int, hi_inclusive: int) -> int:
+        x = 0
+        for key, raw in self._iter_raw(key_segments(lo_exclusive, hi_inclusive)):
             f = unpack_value(raw)
-            if f[EXPIRY] <= now_ms:
-                continue
-            h = hashes[bucket_of(lo_exclusive, bounds, id_from_bytes(key[:ID_BYTES]))]
-            h.update(len(key).to_bytes(2, "big"))
-            h.update(key)
-            h.update(U64.pack(f[ST]))
-            h.update(b"\x01" if f[EXISTS] else b"\x00")
-        return [h.digest() for h in hashes]
+            x ^= record_hash(key, f[ST], f[EXISTS])
+            self.digest_scanned += 1
+        return x
 
     def records_in_bucket(
         self, lo_exclusive: int, hi_inclusive: int, buckets: int, index: int, now_ms: int
@@ -718,6 +775,7 @@ class RecordStore:
                     f = unpack_value(cur.value())
                     if role is None or f[ROLE] == role:
                         doomed.append((key, f[EXPIRY]))
+                        self._deltas.append((_fine_of_key(key), record_hash(key, f[ST], f[EXISTS])))
                     ok = cur.next()
             for key, exp in doomed:
                 txn.delete(key, db=self._records)
@@ -781,9 +839,11 @@ class RecordStore:
                 exp = U64.unpack_from(ikey)[0]
                 key = ikey[U64.size :]
                 raw = txn.get(key, db=self._records)
-                if raw is not None and unpack_value(raw)[EXPIRY] == exp:
+                f = unpack_value(raw) if raw is not None else None
+                if f is not None and f[EXPIRY] == exp:
                     txn.delete(key, db=self._records)
                     emptied.add(key[:PREFIX_BYTES])
+                    self._deltas.append((_fine_of_key(key), record_hash(key, f[ST], f[EXISTS])))
                 txn.delete(ikey, db=self._expiry)
             for pre in emptied:
                 rc = txn.cursor(self._records)
@@ -811,3 +871,9 @@ def _resume_after(
             # after + NUL is the smallest key greater than after
             return [(after + b"\x00", end), *segments[i + 1 :]]
     return []
+
+
+def _fine_of_key(store_key: bytes) -> int:
+    """The fine bucket of a record: the top 16 bits of its Resource-ID (FINE_BITS), which are
+    the first two bytes of its store key."""
+    return (store_key[0] << 8) | store_key[1]

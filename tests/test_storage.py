@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -351,14 +352,55 @@ def test_digests_agree_on_equal_contents_and_locate_a_difference(tmp_path: Path)
         # a wrapped range and an empty bucket of a tiny range
         assert a.digest(spread[30], spread[5], 4, T0) == b.digest(spread[30], spread[5], 4, T0)
         assert a.records_in_bucket(0, 2, 4, 0, T0) == []
-        # an expired record the sweeper has not reached yet does not count
+        # an expired record counts until the sweeper removes it (the sums are kept as the
+        # store writes, not recomputed with a clock)
         before = a.digest(0, 0, 8, T0)
         a.apply_store(req(spread[9] + 1, sd(b"gone", lifetime=1)), T0, Role.PRIMARY)
         assert a.digest(0, 0, 8, T0) != before
+        assert a.sweep(T0 + 1000) == 1
         assert a.digest(0, 0, 8, T0 + 1000) == before
     finally:
         a.close()
         b.close()
+
+
+def test_digest_sums_kept_as_the_store_writes_equal_a_recount(tmp_path: Path) -> None:
+    """The running sums behind digest() follow every kind of write (new, newer, older and
+    equal copies, tombstones, a refused store inside a batch, range deletes, sweeps) and a
+    reopened store rebuilds the same ones; a digest reads only the records at the ends of
+    its range, however many the range holds."""
+    rng = random.Random(3)
+    path = tmp_path / "s"
+    store = RecordStore(path, LIMITS, durability="async")
+    try:
+        rids = [rng.getrandbits(128) for _ in range(3000)]
+        for i, rid in enumerate(rids):
+            store.apply_store(req(rid, sd(b"k", b"v%d" % i, lifetime=60 + i % 7)), T0, Role.PRIMARY)
+        for rid in rids[:500]:  # newer values, tombstones, stale and repeated copies
+            store.apply_store(req(rid, sd(b"k", b"w", t=T0 + 5), replica=1), T0, Role.REPLICA)
+            store.apply_store(req(rid, sd(b"k", b"old", t=T0 - 5), replica=1), T0, Role.REPLICA)
+        for rid in rids[500:700]:
+            store.apply_store(req(rid, sd(b"k", b"", t=T0 + 9, exists=False)), T0, Role.PRIMARY)
+        batch = [
+            (req(rids[800], sd(b"k2", b"x", t=T0 + 1)), T0, Role.PRIMARY),
+            (req(rids[801], sd(b"k", b"y" * 2000)), T0, Role.PRIMARY),  # too large: refused
+            (req(rids[802], sd(b"k3", b"z", t=T0 + 1)), T0, Role.PRIMARY),
+        ]
+        results = store.apply_batch(batch)
+        assert isinstance(results[1], StoreError)
+        store.delete_range(rids[900], rids[950])
+        store.sweep(T0 + 62_000)  # the records of lifetime 60 and 61 s
+        kept = list(store._sums)
+        store.close()
+        store = RecordStore(path, LIMITS, durability="async")
+        assert store._sums == kept
+        lo, hi = rids[10], rids[20]
+        store.digest_scanned = 0
+        assert store.digest(lo, hi, 256, T0) == store.digest(lo, hi, 256, T0)
+        held = sum(1 for _ in store.scan_range(lo, hi, 0))
+        assert store.digest_scanned < max(10, held // 100), (store.digest_scanned, held)
+    finally:
+        store.close()
 
 
 # --- restart, map size, durability ---------------------------------------------------------
