@@ -246,6 +246,14 @@ class OverlayRuntime:
     def view(self) -> PeerView:
         return self.core.view(self._clock())
 
+    def next_hop(self, destination: Destination) -> int | None:
+        """The peer a request to ``destination`` goes to next; None when this one answers."""
+        return self.core.peer.next_hop(destination)
+
+    def is_responsible(self, resource: int) -> bool:
+        """Whether this peer, joined, answers for ``resource`` now."""
+        return self.state is PeerState.JOINED and self.core.peer.is_responsible(resource)
+
     def add_listener(self, cb: Callable[[Event], None]) -> None:
         self._listeners.append(cb)
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from overlay.actions import Address, PeerState
 from overlay.chord import PeerView
@@ -41,6 +42,7 @@ from p2preg.kv import (
 )
 from p2preg.ring import (
     BadKey,
+    Overlay,
     RingQueryError,
     key_to_resource,
     merge_down,
@@ -58,11 +60,74 @@ from p2preg.usrloc import DEFAULT_PAGE, MAX_PAGE, PageRequest, aor_page, removal
 from storage import Record, Role
 
 if TYPE_CHECKING:
-    from p2preg.node import Node
+    from p2preg.kv import KvClient
+    from p2preg.metrics import Health
+    from p2preg.node import NodeOptions, RecordCounts
+    from p2preg.sip.bindings_store import OverlayBindings
+    from p2preg.sip.service import SipService
+    from storage import RecordStore
 
 log = logging.getLogger("p2preg.admin")
+T = TypeVar("T")
 
-NODE_KEY: web.AppKey[Node] = web.AppKey("node")
+
+class AdminOverlay(Overlay, Protocol):
+    """The node's overlay as the admin API sees it (``OverlayRuntime``)."""
+
+    @property
+    def state(self) -> PeerState: ...
+
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+    def is_responsible(self, resource: int) -> bool: ...
+
+
+class AdminNode(Protocol):
+    """What the admin API needs of a node (``p2preg.node.Node``), and nothing deeper: the
+    handlers never reach through it into the overlay's or the store's own parts."""
+
+    node_id: int
+    options: NodeOptions
+    counts: RecordCounts
+    replicas: int
+    kv: KvClient
+    sip: SipService | None
+    store: RecordStore
+    admin_address: Address | None
+    overlay_address: Address | None
+
+    @property
+    def overlay(self) -> AdminOverlay: ...
+
+    @property
+    def sip_address(self) -> Address | None: ...
+
+    @property
+    def metrics(self) -> CollectorRegistry: ...
+
+    def exp_probe(self) -> dict[str, object]: ...
+
+    async def read_store(self, fn: Callable[..., T], *args: object) -> T: ...
+
+    async def refresh_counts(self) -> RecordCounts: ...
+
+    def bindings(self) -> OverlayBindings: ...
+
+    def responsible_span(self) -> tuple[int, int] | None: ...
+
+    def down_peers(self) -> list[dict[str, object]]: ...
+
+    def mark_seen(self, node_id: int) -> None: ...
+
+    def peers_down(self) -> int: ...
+
+    def health(self) -> Health: ...
+
+    def request_leave(self, reason: str) -> None: ...
+
+
+NODE_KEY: web.AppKey[AdminNode] = web.AppKey("node")
 # Every name we expose is a classic one (no UTF-8 escaping needed), so the text is the 0.0.4
 # format that every Prometheus version scrapes; newer prometheus_client would announce 1.0.0.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,8 +142,8 @@ def _neighbour(view: PeerView, node_id: int) -> dict[str, Any]:
     return {"node_id": id_hex(node_id), "overlay": str(known) if known else None}
 
 
-def node_info(node: Node) -> dict[str, Any]:
-    view = node.rt.view()
+def node_info(node: AdminNode) -> dict[str, Any]:
+    view = node.overlay.view()
     return {
         "node_id": id_hex(view.node_id),
         "overlay_name": node.options.config.overlay_name,
@@ -98,15 +163,15 @@ def node_info(node: Node) -> dict[str, Any]:
         "bindings": node.counts.bindings_primary,
         "replica_aors": node.counts.aors_replica,
         "replica_bindings": node.counts.bindings_replica,
-        "peers_down": len(node.lost),
+        "peers_down": node.peers_down(),
         "durability": node.options.durability.value,
-        "counters": dict(node.rt.counters),
+        "counters": dict(node.overlay.counters),
         "sip_metrics": node.sip.metrics() if node.sip is not None else None,
     }
 
 
-def _require_joined(node: Node) -> web.Response | None:
-    state = node.rt.state
+def _require_joined(node: AdminNode) -> web.Response | None:
+    state = node.overlay.state
     if state is PeerState.JOINED:
         return None
     return _error(503, f"this peer is {state.value}, not joined: it cannot route yet (or any more)")
@@ -124,8 +189,8 @@ async def get_ring(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     counts = await node.refresh_counts()
-    own = self_entry(node.rt.view(), node.exp_probe(), counts.resources)
-    walk = await walk_ring(node.rt, own)
+    own = self_entry(node.overlay.view(), node.exp_probe(), counts.resources)
+    walk = await walk_ring(node.overlay, own)
     for node_id in merge_down(walk, node.down_peers()):
         node.mark_seen(node_id)
     walk["down_window_s"] = node.options.down_window
@@ -198,7 +263,7 @@ async def get_records(request: web.Request) -> web.Response:
             "node_id": id_hex(node.node_id),
             "resource_id": id_hex(rid),
             "resource_name": name,
-            "responsible": node.rt.state is PeerState.JOINED and node.rt.peer.is_responsible(rid),
+            "responsible": node.overlay.is_responsible(rid),
             "now_ms": now,
             "records": [record_view(r, now) for r in records],
         }
@@ -208,7 +273,7 @@ async def get_records(request: web.Request) -> web.Response:
 ALL_COLUMNS = ("resource_id", "kind", "key", "storage_time", "role", "exists")
 
 
-def _all_rows(node: Node, role: Role | None, kind: int | None, now: int) -> list[list[Any]]:
+def _all_rows(node: AdminNode, role: Role | None, kind: int | None, now: int) -> list[list[Any]]:
     rows: list[list[Any]] = []
     for rec in node.store.scan_range(0, 0, now, role):
         if kind is None or rec.kind == kind:
@@ -353,7 +418,7 @@ async def get_route(request: web.Request) -> web.Response:
     key = request.match_info["key"]
     try:
         result = await route_path(
-            node.rt, key, admin=str(node.admin_address) if node.admin_address else None
+            node.overlay, key, admin=str(node.admin_address) if node.admin_address else None
         )
     except BadKey as exc:
         return _error(400, f"bad key {key!r}: {exc}")
@@ -374,7 +439,7 @@ def _canonical_aor(text: str) -> str:
         raise web.HTTPBadRequest(reason=f"bad AOR {text!r}: {exc}") from None
 
 
-async def _peer_entry(node: Node, node_id: int) -> dict[str, Any]:
+async def _peer_entry(node: AdminNode, node_id: int) -> dict[str, Any]:
     """Id and addresses of a peer (from its Probe answer), or just its id when it is silent."""
     if node_id == node.node_id:
         return {
@@ -384,21 +449,21 @@ async def _peer_entry(node: Node, node_id: int) -> dict[str, Any]:
             "sip": str(node.sip_address) if node.sip_address else None,
         }
     try:
-        entry, _ = probe_entry(node_id, await probe(node.rt, node_id))
+        entry, _ = probe_entry(node_id, await probe(node.overlay, node_id))
     except RingQueryError as exc:
         return {"node_id": id_hex(node_id), "overlay": None, "admin": None, "sip": None,
                 "error": str(exc)}  # fmt: skip
     return {k: entry[k] for k in ("node_id", "overlay", "admin", "sip")}
 
 
-async def _replica_ids(node: Node, owner: int) -> list[int]:
+async def _replica_ids(node: AdminNode, owner: int) -> list[int]:
     """The owner's first successors: where the replication layer keeps its copies."""
     count = node.replicas
     if owner == node.node_id:
-        successors = list(node.rt.view().successors)
+        successors = list(node.overlay.view().successors)
     else:
         try:
-            _, successors = probe_entry(owner, await probe(node.rt, owner))
+            _, successors = probe_entry(owner, await probe(node.overlay, owner))
         except RingQueryError:
             return []
     return [s for s in successors if s != owner][:count]
@@ -418,7 +483,7 @@ async def get_aor(request: web.Request) -> web.Response:
     except StoreRefused as exc:
         return _error(502, f"fetching the bindings of {aor} was refused: {exc}")
     now = time.time()
-    route = await route_path(node.rt, aor, admin=str(node.admin_address))
+    route = await route_path(node.overlay, aor, admin=str(node.admin_address))
     responsible: dict[str, Any] | None = None
     replicas: list[dict[str, Any]] = []
     if route["responsible"] is not None:
@@ -546,7 +611,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def make_app(node: Node) -> web.Application:
+def make_app(node: AdminNode) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[NODE_KEY] = node
     app.router.add_get("/v1/node", get_node)
@@ -569,7 +634,7 @@ def make_app(node: Node) -> web.Application:
 
 
 class AdminServer:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: AdminNode) -> None:
         self._runner = web.AppRunner(make_app(node), access_log=None)
 
     async def start(self, address: Address) -> Address:

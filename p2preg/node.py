@@ -310,6 +310,11 @@ class Node:
     def sip_address(self) -> Address | None:
         return self._sip_address
 
+    @property
+    def overlay(self) -> OverlayRuntime:
+        """This node's overlay, for the admin API's ring walks, routes and probes."""
+        return self.rt
+
     def exp_probe(self) -> dict[str, object]:
         """Our part of every Probe answer: how operators and other peers' admin APIs reach us.
         Kept small: the whole exp-probe value must fit in 255 bytes with the neighbour ids."""

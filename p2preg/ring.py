@@ -10,13 +10,16 @@ shows up as such instead of being papered over.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from overlay.chord import PeerView
 from overlay.ids import cw_distance, id_hex, parse_id, resource_id
 from overlay.messages import (
     Destination,
     ErrorResponse,
+    Message,
+    MessageBody,
     NodeDestination,
     ProbeAns,
     ProbeInformationType,
@@ -26,7 +29,7 @@ from overlay.messages import (
     RouteQueryReq,
 )
 from overlay.probe import decode_probe_extras
-from overlay.runtime import OverlayRequestError, OverlayRuntime
+from overlay.runtime import OverlayRequestError
 from p2preg.membership import decode_lost
 
 MAX_RING_NODES = 4096  # a walk longer than this is a routing loop, not a ring
@@ -39,6 +42,24 @@ JsonDict = dict[str, Any]
 STATUS_UP = "UP"  # answered the walk's Probe
 STATUS_DOWN = "DN"  # lost lately (missed pings, link failed, left), with since and why
 STATUS_UNREACHABLE = "??"  # named by a successor list but did not answer; not known lost
+
+
+class Overlay(Protocol):
+    """What walking and routing queries need of this node's overlay (``OverlayRuntime``)."""
+
+    @property
+    def node_id(self) -> int: ...
+
+    def view(self) -> PeerView: ...
+
+    def next_hop(self, destination: Destination) -> int | None: ...
+
+    async def request(
+        self,
+        destinations: Sequence[Destination],
+        body: MessageBody,
+        timeout: float | None = None,
+    ) -> Message: ...
 
 
 class RingQueryError(Exception):
@@ -216,7 +237,7 @@ def merge_down(walk: JsonDict, lost: list[JsonDict]) -> list[int]:
     return seen_again
 
 
-async def probe(rt: OverlayRuntime, node_id: int, timeout: float = PROBE_TIMEOUT) -> ProbeAns:
+async def probe(rt: Overlay, node_id: int, timeout: float = PROBE_TIMEOUT) -> ProbeAns:
     """Probe one peer through the overlay; raises RingQueryError when it does not answer."""
     body = ProbeReq(
         requested_info=(
@@ -232,7 +253,7 @@ async def probe(rt: OverlayRuntime, node_id: int, timeout: float = PROBE_TIMEOUT
     return answer
 
 
-async def _ask(rt: OverlayRuntime, dest: Destination, body: Any, timeout: float) -> object:
+async def _ask(rt: Overlay, dest: Destination, body: Any, timeout: float) -> object:
     try:
         response = await rt.request([dest], body, timeout=timeout)
     except OverlayRequestError as exc:
@@ -242,7 +263,7 @@ async def _ask(rt: OverlayRuntime, dest: Destination, body: Any, timeout: float)
     return response.body
 
 
-async def walk_ring(rt: OverlayRuntime, own: JsonDict, max_nodes: int = MAX_RING_NODES) -> JsonDict:
+async def walk_ring(rt: Overlay, own: JsonDict, max_nodes: int = MAX_RING_NODES) -> JsonDict:
     """Walk the ring clockwise from this peer. ``own`` is this peer's entry (see self_entry).
 
     A peer that does not answer is listed as unreachable and the walk carries on with the next
@@ -286,7 +307,7 @@ async def walk_ring(rt: OverlayRuntime, own: JsonDict, max_nodes: int = MAX_RING
 
 
 async def route_path(
-    rt: OverlayRuntime, key: str, admin: str | None = None, max_hops: int = MAX_ROUTE_HOPS
+    rt: Overlay, key: str, admin: str | None = None, max_hops: int = MAX_ROUTE_HOPS
 ) -> JsonDict:
     """The hops a message for ``key`` takes from this peer to the responsible peer.
 
@@ -308,7 +329,7 @@ async def route_path(
         "error": None,
     }
     current = rt.node_id
-    nxt = rt.peer.next_hop(dest)
+    nxt = rt.next_hop(dest)
     seen = {current}
     while nxt is not None:
         if len(hops) >= max_hops or nxt in seen:
